@@ -69,9 +69,16 @@ def _describe(err: jsonschema.ValidationError) -> str:
     return f"{_key_path(err)}: {err.message}"
 
 
-def validate(cfg: dict, source: str = "config") -> dict:
-    """Raise ConfigError listing every schema violation (key path + message); return cfg unchanged."""
-    validator = jsonschema.Draft7Validator(_schema())
+def validate(cfg: dict, source: str = "config", partial: bool = False) -> dict:
+    """Raise ConfigError listing every schema violation (key path + message); return cfg unchanged.
+
+    `partial=True` accepts a config holding only some top-level sections (each one complete): workflow rules pass
+    just the sections their step depends on, so editing one section reruns only the steps that read it.
+    """
+    schema = _schema()
+    if partial:
+        schema["required"] = []
+    validator = jsonschema.Draft202012Validator(schema)
     errors = sorted(validator.iter_errors(cfg), key=lambda e: list(e.absolute_path))
     if errors:
         lines = "\n  ".join(_describe(e) for e in errors)
@@ -87,12 +94,8 @@ def is_local_path(value: str) -> bool:
 
 def check_paths(cfg: dict, source: str = "config") -> None:
     """Files the config points at must exist (hub names and the built-in corpus are not paths)."""
-    candidates = {
-        "corpus.source": cfg["corpus"]["source"],
-        "tokenizer.pretrained": cfg["tokenizer"]["pretrained"],
-        "judge.pretrained": cfg["judge"]["pretrained"],
-        "teacher.init_from": cfg["teacher"]["init_from"],
-    }
+    keys = {"corpus": "source", "tokenizer": "pretrained", "judge": "pretrained", "teacher": "init_from"}
+    candidates = {f"{section}.{key}": cfg[section][key] for section, key in keys.items() if section in cfg}
     for key, value in candidates.items():
         if value is None or value == "sotu" or value.startswith("hf:"):
             continue
@@ -119,13 +122,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--config-json", help="the full config as a JSON string (what the workflow rules pass)")
 
 
+def sections(cfg: dict, *names: str) -> dict:
+    """The named top-level sections of a config (what a workflow rule passes to its command)."""
+    missing = [n for n in names if n not in cfg]
+    if missing:
+        raise ConfigError(f"config has no section(s): {', '.join(missing)}")
+    return {name: cfg[name] for name in names}
+
+
 def from_args(args: argparse.Namespace) -> dict:
     if getattr(args, "config_json", None):
         try:
             cfg = json.loads(args.config_json)
         except json.JSONDecodeError as err:
             raise ConfigError(f"--config-json: not valid JSON: {err}") from err
-        return validate(cfg, source="--config-json")
+        return validate(cfg, source="--config-json", partial=True)
     return load(getattr(args, "configfile", None))
 
 

@@ -1,0 +1,139 @@
+# Helpers shared by the rules: config sections handed to each command, output paths, and the target lists.
+import json
+import os
+
+from didi.config import check_paths, sections
+
+check_paths(config, source="workflow config")
+
+R = config["results"]
+ENVS = "../../envs/didi.yaml"
+SAMPLE_STEM = "{sampler}_{precision}_nfe{nfe}_T{temperature}"
+
+
+wildcard_constraints:
+    model=r"teacher|student-[A-Za-z0-9_]+",
+    variant=r"[A-Za-z0-9_]+",
+    sampler=r"ancestral|rgas",
+    precision=r"float64|float32",
+    nfe=r"\d+",
+    temperature=r"\d+\.\d+",
+    split=r"train|validation",
+
+
+def cfg_json(*names):
+    """The config sections a step depends on, as JSON for `--config-json` (params: a change reruns that step)."""
+    return json.dumps(sections(config, *names), sort_keys=True)
+
+
+def fmt_temperature(t):
+    return f"{float(t):.2f}"
+
+
+def train_procs():
+    """Processes per node for torchrun: one per GPU, or one on CPU."""
+    return max(1, config["resources"]["gpu"])
+
+
+def runtime(kind):
+    return config["resources"]["runtime"][kind]
+
+
+def teacher_sample_stems():
+    """(precision, nfe, temperature) of every teacher sample file: the NFE sweep at each sampling precision, plus
+    the temperature sweep at one NFE for the PPL-vs-entropy frontier."""
+    s = config["sampling"]
+    stems = {(p, k, fmt_temperature(1.0)) for p in s["precisions"] for k in s["nfe"]}
+    default_precision = config["diffusion"]["sampling_precision"]
+    stems |= {
+        (default_precision, s["temperature_nfe"], fmt_temperature(t))
+        for t in s["temperatures"]
+    }
+    return sorted(stems)
+
+
+def student_samples():
+    """(model, sampler, precision, nfe, temperature) for every distilled variant over the student NFE sweep."""
+    d = config["distill"]
+    precision = config["diffusion"]["sampling_precision"]
+    out = []
+    for variant in d["run"]:
+        samplers = ["ancestral"] + (
+            ["rgas"] if variant in d["rgas"]["variants"] else []
+        )
+        for sampler in samplers:
+            out += [
+                (f"student-{variant}", sampler, precision, k, fmt_temperature(1.0))
+                for k in d["nfe"]
+            ]
+    return out
+
+
+def all_sample_keys():
+    teacher = [("teacher", "ancestral", p, k, t) for p, k, t in teacher_sample_stems()]
+    return teacher + student_samples()
+
+
+def eval_files():
+    return [
+        f"{R}/eval/{m}/{s}_{p}_nfe{k}_T{t}.json" for m, s, p, k, t in all_sample_keys()
+    ]
+
+
+FIGURES = ["gen_ppl_vs_nfe", "entropy_vs_nfe", "ppl_vs_entropy", "ablation"]
+TABLES = ["main_table", "ablation_table"]
+
+
+def final_outputs():
+    return (
+        [f"{R}/tables/results.csv"]
+        + [f"{R}/figures/{f}.{ext}" for f in FIGURES for ext in ("png", "pdf")]
+        + [f"{R}/tables/{t}.md" for t in TABLES]
+        + [f"{R}/teacher/metrics.json", f"{R}/judge/judge.json"]
+    )
+
+
+def variants_needing_teacher_pool():
+    d = config["distill"]
+    return [
+        v
+        for v in d["run"]
+        if {**d["method"], **d["variants"].get(v, {})}["positives"] == "teacher"
+    ]
+
+
+def parent_of(key, of="output"):
+    """A param: the directory of one of the rule's files (derived, so no path prefix is hard-coded twice)."""
+
+    def directory_of(wildcards, input, output):
+        return os.path.dirname((input if of == "input" else output)[key])
+
+    return directory_of
+
+
+def sample_inputs(wildcards):
+    """Generator weights (+ discriminator for RGAS) of the model a sample file comes from."""
+    weights = config["sampling"]["weights"]
+    if wildcards.model == "teacher":
+        inputs = {
+            "model": f"{R}/teacher/{weights}",
+            "metrics": f"{R}/teacher/metrics.json",
+        }
+    else:
+        run = f"{R}/distill/{wildcards.model.removeprefix('student-')}"
+        student = "student" if weights == "ema" else "student_raw"
+        inputs = {"model": f"{run}/{student}", "metrics": f"{run}/metrics.json"}
+        if wildcards.sampler == "rgas":
+            inputs["discriminator"] = f"{run}/discriminator"
+    return {**inputs, "tokenizer": f"{R}/tokenizer"}
+
+
+def distill_inputs(wildcards):
+    inputs = {
+        "teacher": f"{R}/teacher/ema",
+        "tokens": f"{R}/tokens/train.npy",
+        "tokenizer": f"{R}/tokenizer",
+    }
+    if wildcards.variant in variants_needing_teacher_pool():
+        inputs["pool"] = f"{R}/samples/teacher/pool.npy"
+    return inputs

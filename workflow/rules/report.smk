@@ -1,0 +1,97 @@
+# The tidy results table, the figures and markdown tables drawn from it, and the benchmark (not in `all`).
+
+
+rule table:
+    input:
+        evals=eval_files(),
+        reference=rules.reference.output.metrics,
+    output:
+        report(
+            f"{R}/tables/results.csv",
+            caption="../report/results_table.rst",
+            category="Tables",
+        ),
+    log:
+        f"{R}/logs/table.log",
+    benchmark:
+        f"{R}/benchmarks/table.tsv"
+    conda:
+        ENVS
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=runtime("light"),
+    params:
+        cfg=cfg_json("seed"),
+    shell:
+        "didi table --config-json {params.cfg:q} --evals {input.evals} --reference {input.reference}"
+        " --out {output} > {log} 2>&1"
+
+
+rule figures:
+    input:
+        rules.table.output,
+    output:
+        **{
+            f"{name}_{ext}": report(
+                f"{R}/figures/{name}.{ext}",
+                caption=f"../report/{name}.rst",
+                category="Figures",
+                subcategory=ext.upper(),
+            )
+            for name in FIGURES
+            for ext in ("png", "pdf")
+        },
+        **{
+            name: report(
+                f"{R}/tables/{name}.md",
+                caption=f"../report/{name}.rst",
+                category="Tables",
+            )
+            for name in TABLES
+        },
+    log:
+        f"{R}/logs/figures.log",
+    benchmark:
+        f"{R}/benchmarks/figures.tsv"
+    conda:
+        ENVS
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=runtime("light"),
+    params:
+        cfg=cfg_json("seed"),
+        out_dir=parent_of("gen_ppl_vs_nfe_png"),
+    shell:
+        "didi figures --config-json {params.cfg:q} --table {input} --out-dir {params.out_dir} > {log} 2>&1"
+
+
+rule bench:
+    """Throughput benchmarks (`snakemake bench`); not part of `all` because timings depend on the machine."""
+    input:
+        tokens=f"{R}/tokens/train.npy",
+        tokenizer=rules.tokenizer.output,
+        teacher=f"{R}/teacher/ema",
+    output:
+        f"{R}/bench/bench.json",
+    log:
+        f"{R}/logs/bench.log",
+    benchmark:
+        f"{R}/benchmarks/bench.tsv"
+    conda:
+        ENVS
+    threads: config["resources"]["threads"]
+    resources:
+        mem_mb=config["resources"]["mem_mb"],
+        runtime=runtime("train"),
+        gpu=config["resources"]["gpu"],
+    params:
+        cfg=cfg_json(
+            "seed", "data", "model", "diffusion", "teacher", "sampling", "distill"
+        ),
+        tokens=parent_of("tokens", "input"),
+        out_dir=parent_of(0),
+    shell:
+        "OMP_NUM_THREADS={threads} didi bench --config-json {params.cfg:q} --tokens {params.tokens}"
+        " --tokenizer {input.tokenizer} --teacher {input.teacher} --out-dir {params.out_dir} > {log} 2>&1"
