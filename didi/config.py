@@ -84,7 +84,21 @@ def validate(cfg: dict, source: str = "config", partial: bool = False) -> dict:
         lines = "\n  ".join(_describe(e) for e in errors)
         raise ConfigError(f"{source}: invalid config:\n  {lines}")
     check_paths(cfg, source)
+    check_variants(cfg, source)
     return cfg
+
+
+def check_variants(cfg: dict, source: str = "config") -> None:
+    """Variants named in distill.run and distill.rgas.variants must be defined / trained."""
+    if "distill" not in cfg:
+        return
+    d = cfg["distill"]
+    unknown = [v for v in d["run"] if v not in d["variants"]]
+    if unknown:
+        raise ConfigError(f"{source}: distill.run: undefined variant(s) {unknown} (defined: {list(d['variants'])})")
+    untrained = [v for v in d["rgas"]["variants"] if v not in d["run"]]
+    if untrained:
+        raise ConfigError(f"{source}: distill.rgas.variants: {untrained} not in distill.run")
 
 
 def is_local_path(value: str) -> bool:

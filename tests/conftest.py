@@ -1,0 +1,54 @@
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def repo() -> Path:
+    return REPO
+
+
+def venv_bin(name: str) -> str:
+    """An executable of the environment running the tests (snakemake, didi, torchrun, snakefmt)."""
+    local = Path(sys.executable).parent / name
+    found = str(local) if local.exists() else shutil.which(name)
+    if not found:
+        pytest.fail(f"{name} is not installed in this environment")
+    return found
+
+
+def subprocess_env() -> dict:
+    """Environment for workflow subprocesses: this interpreter's bin first on PATH, one thread per process."""
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env.setdefault("OMP_NUM_THREADS", "1")
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def run_snakemake(args: list[str], cwd: Path = REPO, timeout: int = 1500):
+    """Run snakemake from the repo with this environment; fail with its output's tail if it fails."""
+    import subprocess
+
+    proc = subprocess.run(
+        [venv_bin("snakemake"), *args], cwd=cwd, env=subprocess_env(), capture_output=True, text=True, timeout=timeout
+    )
+    if proc.returncode != 0:
+        pytest.fail(f"snakemake {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}")
+    return proc
+
+
+SMOKE = ["--configfile", str(REPO / "config.yaml"), str(REPO / "presets" / "smoke.yaml")]
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory) -> Path:
+    """The whole DAG on presets/smoke.yaml, run locally once per session; returns its results directory."""
+    results = tmp_path_factory.mktemp("smoke") / "results"
+    run_snakemake(["--cores", "2", *SMOKE, "--config", f"results={results}"])
+    return results
