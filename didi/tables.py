@@ -1,0 +1,376 @@
+"""The tidy results table, and every figure and markdown table drawn from it (and only from it).
+
+`didi table` writes one row per evaluation JSON (`didi evaluate` / `didi reference`), in the order the files are
+given (the workflow lists the teacher first, then the students in `distill.run` order), with exactly these columns:
+
+    model                 "teacher", "student-<variant>" or "reference" (held-out real text)
+    variant               distillation variant ("" for the teacher and the reference)
+    sampler               "ancestral" or "rgas" ("" for the reference)
+    precision             categorical sampling precision, "float64" or "float32" ("" for the reference)
+    nfe                   generator network function evaluations (steps K); empty for the reference
+    temperature           softmax temperature of the sampler; empty for the reference
+    seed                  sampling seed (the reference: the seed that picked its blocks)
+    gen_ppl               judge perplexity, corpus-level token-weighted exp(sum NLL / sum tokens)
+    gen_ppl_lo, gen_ppl_hi  bootstrap percentile confidence interval (resampling samples), evaluation.confidence
+    entropy               mean over samples of the per-sample unigram entropy of the generated ids (nats)
+    entropy_std           sample standard deviation of that per-sample entropy
+    mauve                 MAUVE against held-out real text on judge features (the reference: set a vs set b)
+    num_samples           samples scored (every generated sample)
+    scored_tokens         judge tokens scored in total
+    network_calls         generator forward passes actually run (<= nfe with the unchanged-state cache)
+    disc_forward_calls    discriminator forward passes (RGAS; 0 otherwise)
+    disc_backward_calls   discriminator backward passes (RGAS gradient tilting; 0 otherwise)
+    sampling_seconds      wall-clock of sampling
+    tokens_per_s          generated tokens per second of sampling wall-clock
+    judge                 judge identifier (hub name/directory, or local-gpt2-<layers>L-<width>d)
+    weights               generator weights sampled: "ema" or "raw"
+    config_hash           hash of the sampling config and the evaluation config of the row
+    git_commit            code version that computed the evaluation
+
+`didi figures` reads that CSV and writes figures/{gen_ppl_vs_nfe, entropy_vs_nfe, ppl_vs_entropy, ablation}.{png,pdf}
+and tables/{main_table, ablation_table}.md (markdown via pandas `to_markdown`, i.e. `tabulate`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from didi import config, io
+
+log = logging.getLogger("didi.tables")
+
+COLUMNS = [
+    "model", "variant", "sampler", "precision", "nfe", "temperature", "seed",
+    "gen_ppl", "gen_ppl_lo", "gen_ppl_hi", "entropy", "entropy_std", "mauve",
+    "num_samples", "scored_tokens", "network_calls", "disc_forward_calls", "disc_backward_calls",
+    "sampling_seconds", "tokens_per_s", "judge", "weights", "config_hash", "git_commit",
+]
+INTEGER_COLUMNS = ["nfe", "seed", "num_samples", "scored_tokens", "network_calls", "disc_forward_calls",
+                   "disc_backward_calls"]
+FIGURES = ["gen_ppl_vs_nfe", "entropy_vs_nfe", "ppl_vs_entropy", "ablation"]
+TABLES = ["main_table", "ablation_table"]
+
+
+def _first(d: dict, *keys, default=None):
+    """The first of `keys` present in `d` (sample files name a few counters in more than one way)."""
+    for k in keys:
+        if d.get(k) is not None:
+            return d[k]
+    return default
+
+
+def row_from_eval(ev: dict) -> dict:
+    """One results-table row from an evaluation JSON."""
+    prov = ev.get("provenance", {})
+    sample_prov = ev.get("sample_provenance")
+    # The row depends on how the samples were made and how they were judged: hash both configs together.
+    if sample_prov:
+        config_hash = io.config_hash([sample_prov.get("config"), prov.get("config")])
+    else:
+        config_hash = prov.get("config_hash")
+    is_reference = ev.get("model") == "reference"
+    row = {
+        "model": ev["model"],
+        "variant": ev.get("variant") or "",
+        "sampler": ev.get("sampler") or "",
+        "precision": ev.get("precision") or "",
+        "nfe": None if ev.get("nfe") is None else int(ev["nfe"]),
+        "temperature": None if ev.get("temperature") is None else float(ev["temperature"]),
+        "seed": ev.get("seed"),
+        "gen_ppl": ev["gen_ppl"],
+        "gen_ppl_lo": ev.get("gen_ppl_lo"),
+        "gen_ppl_hi": ev.get("gen_ppl_hi"),
+        "entropy": ev["entropy"],
+        "entropy_std": ev.get("entropy_std"),
+        "mauve": ev.get("mauve"),
+        "num_samples": ev["num_samples"],
+        "scored_tokens": ev["scored_tokens"],
+        "network_calls": _first(ev, "network_calls", default=None if is_reference else ev.get("nfe")),
+        "disc_forward_calls": _first(ev, "disc_forward_calls", "discriminator_forward_calls",
+                                     default=None if is_reference else 0),
+        "disc_backward_calls": _first(ev, "disc_backward_calls", "discriminator_backward_calls",
+                                      default=None if is_reference else 0),
+        "sampling_seconds": _first(ev, "sampling_seconds", "seconds"),
+        "tokens_per_s": _first(ev, "tokens_per_s", "tokens_per_second"),
+        "judge": ev.get("judge", ""),
+        "weights": ev.get("weights") or "",
+        "config_hash": config_hash or "",
+        "git_commit": prov.get("git_commit", ""),
+    }
+    assert list(row) == COLUMNS
+    return row
+
+
+def build_table(eval_paths: list[str | Path], reference: str | Path | None = None) -> pd.DataFrame:
+    paths = list(eval_paths) + ([reference] if reference else [])
+    rows = [row_from_eval(io.read_json(p)) for p in paths]
+    return typed(pd.DataFrame(rows, columns=COLUMNS))
+
+
+def typed(df: pd.DataFrame) -> pd.DataFrame:
+    """Counts as nullable integers (the reference row has no NFE), so the CSV says 8, not 8.0."""
+    return df.astype({col: "Int64" for col in INTEGER_COLUMNS})
+
+
+def write_csv(path: str | Path, df: pd.DataFrame) -> None:
+    with io.atomic_path(path) as tmp:
+        df.to_csv(tmp, index=False)
+
+
+def read_table(path: str | Path) -> pd.DataFrame:
+    # Empty strings (teacher variant, reference sampler) must stay strings, not NaN.
+    df = pd.read_csv(path, keep_default_na=False, na_values=[""])
+    for col in ("model", "variant", "sampler", "precision", "judge", "weights", "config_hash", "git_commit"):
+        df[col] = df[col].fillna("").astype(str)
+    return typed(df)
+
+
+def add_table_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--evals", nargs="+", required=True, help="evaluation JSON files")
+    parser.add_argument("--reference", help="reference metrics.json (real held-out text)")
+    parser.add_argument("--out", required=True, help="results CSV")
+    config.add_arguments(parser)
+
+
+def run_table(args: argparse.Namespace) -> int:
+    cfg = config.from_args(args)
+    df = build_table(args.evals, args.reference)
+    write_csv(args.out, df)
+    io.write_provenance_beside(args.out, cfg)
+    log.info("results table: %d rows -> %s", len(df), args.out)
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------- selections
+def generated(df: pd.DataFrame) -> pd.DataFrame:
+    return df[df["model"] != "reference"]
+
+
+def at_temperature_one(df: pd.DataFrame) -> pd.DataFrame:
+    return df[np.isclose(df["temperature"].astype(float), 1.0)]
+
+
+def reference_row(df: pd.DataFrame):
+    ref = df[df["model"] == "reference"]
+    return ref.iloc[0] if len(ref) else None
+
+
+def line_label(model: str, sampler: str, precision: str) -> str:
+    return f"{model} {sampler} {precision}"
+
+
+def fmt_cell(ppl: float, entropy: float) -> str:
+    return f"{ppl:.2f} ({entropy:.3f})"
+
+
+# ---------------------------------------------------------------------------------------------- figures
+def _save(fig, out_dir: Path, name: str) -> None:
+    for ext in ("png", "pdf"):
+        with io.atomic_path(out_dir / f"{name}.{ext}") as tmp:
+            fig.savefig(tmp, format=ext, dpi=150, bbox_inches="tight")
+
+
+def _empty(ax, what: str) -> None:
+    ax.text(0.5, 0.5, f"no {what} rows in the results table", ha="center", va="center", transform=ax.transAxes)
+
+
+def plot_metric_vs_nfe(df: pd.DataFrame, metric: str, ylabel: str, log_y: bool):
+    """One line per (model, sampler, precision) at temperature 1; gen-PPL gets CI error bars; reference line."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    rows = at_temperature_one(generated(df))
+    for (model, sampler, precision), g in rows.groupby(["model", "sampler", "precision"], sort=False):
+        g = g.sort_values("nfe")
+        yerr = None
+        if metric == "gen_ppl" and g["gen_ppl_lo"].notna().all():
+            yerr = np.vstack([g["gen_ppl"] - g["gen_ppl_lo"], g["gen_ppl_hi"] - g["gen_ppl"]])
+        ax.errorbar(g["nfe"], g[metric], yerr=yerr, marker="o", capsize=3, label=line_label(model, sampler, precision))
+    ref = reference_row(df)
+    if ref is not None:
+        ax.axhline(ref[metric], color="black", linestyle="--", linewidth=1, label="real text (reference)")
+    if rows.empty:
+        _empty(ax, "generated")
+    else:
+        ax.set_xscale("log", base=2)
+        nfes = sorted(rows["nfe"].unique())
+        ax.set_xticks(nfes, [str(int(k)) for k in nfes])
+    if log_y:
+        ax.set_yscale("log")
+    ax.set_xlabel("NFE (generator network calls)")
+    ax.set_ylabel(ylabel)
+    ax.grid(True, which="both", alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside: lines stay visible
+    return fig
+
+
+def plot_ppl_vs_entropy(df: pd.DataFrame):
+    """Temperature sweeps as labelled lines, the other generated rows as points, the reference as a star."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    rows = generated(df)
+    keys = ["model", "sampler", "precision", "nfe"]
+    swept = rows.groupby(keys, sort=False)["temperature"].transform("nunique") > 1
+    for (model, sampler, precision, nfe), g in rows[swept].groupby(keys, sort=False):
+        g = g.sort_values("temperature")
+        label = f"{line_label(model, sampler, precision)} NFE {int(nfe)}, T sweep"
+        ax.plot(g["entropy"], g["gen_ppl"], marker="o", label=label)
+        for _, r in g.iterrows():
+            ax.annotate(f"T={r['temperature']:.2f}", (r["entropy"], r["gen_ppl"]), textcoords="offset points",
+                        xytext=(4, 4), fontsize=7)
+    for (model, sampler, precision), g in at_temperature_one(rows[~swept]).groupby(keys[:3], sort=False):
+        ax.scatter(g["entropy"], g["gen_ppl"], s=14, label=f"{line_label(model, sampler, precision)} (T=1, NFE sweep)")
+        for _, r in g.iterrows():
+            ax.annotate(str(int(r["nfe"])), (r["entropy"], r["gen_ppl"]), textcoords="offset points", xytext=(3, -8),
+                        fontsize=6, color="gray")
+    ref = reference_row(df)
+    if ref is not None:
+        ax.scatter([ref["entropy"]], [ref["gen_ppl"]], marker="*", s=120, color="black", label="real text (reference)")
+    if rows.empty:
+        _empty(ax, "generated")
+    ax.set_yscale("log")
+    ax.set_xlabel("unigram entropy (nats)")
+    ax.set_ylabel("generative perplexity")
+    ax.grid(True, which="both", alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    return fig
+
+
+def ablation_rows(df: pd.DataFrame) -> pd.DataFrame:
+    rows = at_temperature_one(df[df["model"].str.startswith("student-")]).copy()
+    multi_precision = rows["precision"].nunique() > 1
+    rows["label"] = [
+        r.variant
+        + (f" +{r.sampler.upper()}" if r.sampler != "ancestral" else "")
+        + (f" {r.precision}" if multi_precision else "")
+        for r in rows.itertuples()
+    ]
+    return rows
+
+
+def plot_ablation(df: pd.DataFrame):
+    """Grouped bars: NFE groups, one bar per student variant; gen-PPL (log, CI) and entropy panels."""
+    import matplotlib.pyplot as plt
+
+    rows = ablation_rows(df)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    if rows.empty:
+        for ax in axes:
+            _empty(ax, "student")
+        return fig
+    labels = list(dict.fromkeys(rows["label"]))
+    nfes = sorted(rows["nfe"].unique())
+    width = 0.8 / len(labels)
+    ref = reference_row(df)
+    panels = ((axes[0], "gen_ppl", "generative perplexity"), (axes[1], "entropy", "unigram entropy (nats)"))
+    for ax, metric, ylabel in panels:
+        for j, label in enumerate(labels):
+            g = rows[rows["label"] == label].set_index("nfe").reindex(nfes)
+            x = np.arange(len(nfes)) + (j - (len(labels) - 1) / 2) * width
+            yerr = None
+            if metric == "gen_ppl" and g["gen_ppl_lo"].notna().any():
+                yerr = np.vstack([g["gen_ppl"] - g["gen_ppl_lo"], g["gen_ppl_hi"] - g["gen_ppl"]])
+            ax.bar(x, g[metric], width=width, yerr=yerr, capsize=2, label=label)
+        if ref is not None:
+            ax.axhline(ref[metric], color="black", linestyle="--", linewidth=1, label="real text")
+        ax.set_xticks(np.arange(len(nfes)), [str(int(k)) for k in nfes])
+        ax.set_xlabel("NFE")
+        ax.set_ylabel(ylabel)
+        ax.grid(True, axis="y", alpha=0.3)
+    axes[0].set_yscale("log")
+    # Entropy differences between variants are small: the axis starts 0.5 nats below the lowest bar, not at 0.
+    low = min(rows["entropy"].min(), ref["entropy"] if ref is not None else np.inf)
+    axes[1].set_ylim(bottom=max(0.0, low - 0.5))
+    handles, names = axes[0].get_legend_handles_labels()
+    fig.legend(handles, names, loc="lower center", ncol=min(len(names), 5), fontsize=8, bbox_to_anchor=(0.5, -0.08))
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------- markdown
+def nfe_pivot(rows: pd.DataFrame, index: str) -> pd.DataFrame:
+    """Rows `index` x NFE columns, each cell "gen-PPL (entropy)"; rows keep their order in the table."""
+    rows = rows.assign(cell=[fmt_cell(p, e) for p, e in zip(rows["gen_ppl"], rows["entropy"])])
+    order = list(dict.fromkeys(rows[index]))
+    table = rows.pivot(index=index, columns="nfe", values="cell").reindex(order).fillna("")
+    table.columns = [f"NFE {int(k)}" for k in table.columns]
+    table.index.name = index
+    return table
+
+
+def main_table_md(df: pd.DataFrame) -> str:
+    rows = at_temperature_one(generated(df))
+    lines = ["Generative perplexity (entropy, nats) at temperature 1, by model and NFE.", ""]
+    if rows.empty:
+        lines.append("(no generated rows in the results table)")
+    else:
+        label = [line_label(m, s, p) for m, s, p in zip(rows["model"], rows["sampler"], rows["precision"])]
+        lines.append(nfe_pivot(rows.assign(label=label), "label").rename_axis("model sampler precision").to_markdown())
+    ref = reference_row(df)
+    if ref is not None:
+        mauve = "" if pd.isna(ref["mauve"]) else f", MAUVE(a, b) {ref['mauve']:.3f}"
+        lines += ["", f"Real held-out text (reference): gen-PPL {fmt_cell(ref['gen_ppl'], ref['entropy'])}{mauve}, "
+                      f"{int(ref['num_samples'])} samples."]
+    return "\n".join(lines) + "\n"
+
+
+def ablation_table_md(df: pd.DataFrame) -> str:
+    rows = ablation_rows(df)
+    lines = ["Distillation variants: generative perplexity (entropy, nats) at temperature 1, by NFE.", ""]
+    if rows.empty:
+        lines.append("(no student rows in the results table)")
+    else:
+        lines.append(nfe_pivot(rows, "label").rename_axis("variant").to_markdown())
+    return "\n".join(lines) + "\n"
+
+
+def draw_all(df: pd.DataFrame, out_dir: str | Path, tables_dir: str | Path, cfg: dict | None = None) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir, tables_dir = Path(out_dir), Path(tables_dir)
+    figures = {
+        "gen_ppl_vs_nfe": plot_metric_vs_nfe(df, "gen_ppl", "generative perplexity", log_y=True),
+        "entropy_vs_nfe": plot_metric_vs_nfe(df, "entropy", "unigram entropy (nats)", log_y=False),
+        "ppl_vs_entropy": plot_ppl_vs_entropy(df),
+        "ablation": plot_ablation(df),
+    }
+    for name, fig in figures.items():
+        _save(fig, out_dir, name)
+        plt.close(fig)
+    io.write_text(tables_dir / "main_table.md", main_table_md(df))
+    io.write_text(tables_dir / "ablation_table.md", ablation_table_md(df))
+    if cfg is not None:
+        for name in TABLES:
+            io.write_provenance_beside(tables_dir / f"{name}.md", cfg)
+
+
+def add_figures_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--table", required=True, help="results CSV (didi table)")
+    parser.add_argument("--out-dir", required=True, help="figures directory")
+    parser.add_argument("--tables-dir", help="markdown tables directory (default: the results CSV's directory)")
+    config.add_arguments(parser)
+
+
+def run_figures(args: argparse.Namespace) -> int:
+    cfg = config.from_args(args)
+    df = read_table(args.table)
+    tables_dir = args.tables_dir or Path(args.table).parent
+    draw_all(df, args.out_dir, tables_dir, cfg)
+    log.info("figures -> %s, markdown tables -> %s (%d rows)", args.out_dir, tables_dir, len(df))
+    return 0
+
+
+COMMANDS = {
+    "table": (add_table_arguments, run_table),
+    "figures": (add_figures_arguments, run_figures),
+}

@@ -1,0 +1,124 @@
+"""The results table from evaluation JSON files, and the figures and markdown tables drawn from it."""
+
+import json
+
+import pandas as pd
+import pytest
+
+from didi import cli, tables
+
+CFG = json.dumps({"seed": 1})
+
+
+def eval_json(model, sampler, precision, nfe, temperature, gen_ppl, entropy, **extra):
+    variant = model.removeprefix("student-") if model.startswith("student-") else ""
+    return {
+        "model": model, "variant": variant, "sampler": sampler, "precision": precision, "nfe": nfe,
+        "temperature": temperature, "seed": 5, "gen_ppl": gen_ppl, "gen_ppl_lo": gen_ppl * 0.9,
+        "gen_ppl_hi": gen_ppl * 1.1, "entropy": entropy, "entropy_std": 0.05, "mauve": 0.5, "num_samples": 64,
+        "scored_tokens": 64 * 127, "network_calls": nfe, "seconds": 2.5, "tokens_per_s": 1000.0,
+        "judge": "local-gpt2-4L-256d", "weights": "ema",
+        "sample_provenance": {"config": {"sampling": {"nfe": nfe}}},
+        "provenance": {"config": {"seed": 1}, "config_hash": "evalhash", "git_commit": "abc123"},
+        **extra,
+    }
+
+
+FIXTURE = [
+    eval_json("teacher", "ancestral", "float64", 8, 1.0, 812.5, 4.812),
+    eval_json("teacher", "ancestral", "float64", 16, 1.0, 401.25, 4.905),
+    eval_json("teacher", "ancestral", "float32", 8, 1.0, 700.0, 4.7),
+    eval_json("teacher", "ancestral", "float32", 16, 1.0, 350.0, 4.8),
+    eval_json("teacher", "ancestral", "float64", 16, 0.8, 150.75, 4.3),
+    eval_json("teacher", "ancestral", "float64", 16, 0.9, 250.0, 4.6),
+    eval_json("student-baseline", "ancestral", "float64", 8, 1.0, 903.9, 4.95),
+    eval_json("student-baseline", "ancestral", "float64", 16, 1.0, 411.5, 4.97),
+    eval_json("student-full", "ancestral", "float64", 8, 1.0, 88.3, 4.61),
+    eval_json("student-full", "ancestral", "float64", 16, 1.0, 44.04, 4.62),
+    eval_json("student-full", "rgas", "float64", 8, 1.0, 62.2, 4.55, disc_forward_calls=16, disc_backward_calls=4),
+    eval_json("student-full", "rgas", "float64", 16, 1.0, 38.2, 4.58, disc_forward_calls=32, disc_backward_calls=8),
+]
+REFERENCE = {
+    "model": "reference", "variant": "", "sampler": "", "precision": "", "nfe": None, "temperature": None,
+    "weights": "", "seed": 1, "gen_ppl": 33.33, "gen_ppl_lo": 30.0, "gen_ppl_hi": 36.0, "entropy": 5.012,
+    "entropy_std": 0.1, "mauve": 0.987, "num_samples": 64, "scored_tokens": 8000, "judge": "local-gpt2-4L-256d",
+    "provenance": {"config": {"seed": 1}, "config_hash": "refhash", "git_commit": "abc123"},
+}
+
+
+@pytest.fixture
+def results_csv(tmp_path):
+    paths = []
+    for i, ev in enumerate(FIXTURE):
+        path = tmp_path / "eval" / f"{i}.json"
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(json.dumps(ev))
+        paths.append(str(path))
+    ref = tmp_path / "reference" / "metrics.json"
+    ref.parent.mkdir()
+    ref.write_text(json.dumps(REFERENCE))
+    out = tmp_path / "tables" / "results.csv"
+    assert cli.main(["table", "--evals", *paths, "--reference", str(ref), "--out", str(out), "--config-json", CFG]) == 0
+    return out
+
+
+def test_results_table_has_exactly_the_documented_columns(results_csv):
+    df = tables.read_table(results_csv)
+    assert list(df.columns) == tables.COLUMNS
+    # The module docstring documents exactly these columns, in this order ("    name[, name]  description").
+    documented = []
+    for line in tables.__doc__.splitlines():
+        if line.startswith("    ") and not line.startswith("     "):
+            documented += [name.strip() for name in line.strip().split("  ")[0].split(",")]
+    assert documented == tables.COLUMNS
+    assert len(df) == len(FIXTURE) + 1
+    assert list(df["model"]) == [ev["model"] for ev in FIXTURE] + ["reference"]  # order of --evals, reference last
+    assert (results_csv.parent / "results.csv.provenance.json").exists()
+
+
+def test_results_table_values(results_csv):
+    df = tables.read_table(results_csv)
+    teacher = df.iloc[0]
+    assert teacher["variant"] == "" and teacher["sampler"] == "ancestral" and teacher["nfe"] == 8
+    assert teacher["gen_ppl"] == pytest.approx(812.5) and teacher["gen_ppl_hi"] == pytest.approx(812.5 * 1.1)
+    assert teacher["sampling_seconds"] == 2.5 and teacher["disc_forward_calls"] == 0
+    assert teacher["git_commit"] == "abc123" and len(teacher["config_hash"]) == 12
+    assert df.iloc[0]["config_hash"] != df.iloc[1]["config_hash"]  # different sampling configs
+    rgas = df[(df["model"] == "student-full") & (df["sampler"] == "rgas")]
+    assert list(rgas["disc_forward_calls"]) == [16, 32] and list(rgas["variant"]) == ["full", "full"]
+    ref = df[df["model"] == "reference"].iloc[0]
+    assert ref["sampler"] == "" and pd.isna(ref["nfe"]) and ref["mauve"] == pytest.approx(0.987)
+    assert ref["config_hash"] == "refhash"
+
+
+def test_figures_and_markdown_from_fixture_table(results_csv, tmp_path):
+    fig_dir = tmp_path / "figures"
+    assert cli.main(["figures", "--table", str(results_csv), "--out-dir", str(fig_dir), "--config-json", CFG]) == 0
+    for name in tables.FIGURES:
+        png, pdf = (fig_dir / f"{name}.png").read_bytes(), (fig_dir / f"{name}.pdf").read_bytes()
+        assert png.startswith(b"\x89PNG") and len(png) > 5000
+        assert pdf.startswith(b"%PDF") and len(pdf) > 1000
+    main = (results_csv.parent / "main_table.md").read_text()
+    assert "| teacher ancestral float64" in main and "NFE 8" in main and "NFE 16" in main
+    for cell in ("812.50 (4.812)", "401.25 (4.905)", "700.00 (4.700)", "62.20 (4.550)", "44.04 (4.620)"):
+        assert cell in main
+    assert "150.75" not in main  # temperature 0.8 belongs to the frontier, not the main table
+    assert "33.33 (5.012)" in main and "0.987" in main  # the reference line
+    ablation = (results_csv.parent / "ablation_table.md").read_text()
+    lines = [line for line in ablation.splitlines() if line.startswith("| ")]
+    assert lines[0].split("|")[1].strip() == "variant"
+    rows = {line.split("|")[1].strip(): line for line in lines[1:]}
+    assert list(rows) == ["baseline", "full", "full +RGAS"]
+    assert "903.90 (4.950)" in rows["baseline"] and "411.50 (4.970)" in rows["baseline"]
+    assert "88.30 (4.610)" in rows["full"] and "38.20 (4.580)" in rows["full +RGAS"]
+    assert "812.50" not in ablation  # teacher rows are not in the ablation
+
+
+def test_figures_without_student_or_reference_rows(tmp_path):
+    """Early in a project only the teacher exists: every fixed output name is still written."""
+    df = pd.DataFrame([tables.row_from_eval(ev) for ev in FIXTURE[:2]], columns=tables.COLUMNS)
+    tables.draw_all(df, tmp_path / "figures", tmp_path / "tables")
+    for name in tables.FIGURES:
+        assert (tmp_path / "figures" / f"{name}.png").stat().st_size > 0
+    assert "no student rows" in (tmp_path / "tables" / "ablation_table.md").read_text()
+    assert "812.50 (4.812)" in (tmp_path / "tables" / "main_table.md").read_text()
