@@ -1,0 +1,370 @@
+"""DiDi-Instruct distillation: exact toy-world answers, estimator unbiasedness, the small formulas, resume, CLI."""
+
+import itertools
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from didi import config as config_mod
+from didi.diffusion import LogLinearSchedule, sample
+from didi.distill import (build_state, divergence, grouped_advantages, rollout, run_distillation, sample_tau,
+                          smoothed_bce)
+
+SCHED = LogLinearSchedule(1e-3)
+
+
+# ---------------------------------------------------------------------------------------------- a toy world
+class ToyWorld:
+    """All sequences of length L over V real tokens ([MASK] = V): every distribution is a vector we can enumerate."""
+
+    def __init__(self, V: int, L: int):
+        self.V, self.L, self.mask = V, L, V
+        self.states = torch.tensor(list(itertools.product(range(V + 1), repeat=L)))  # every z, [MASK] included
+        self.clean = torch.tensor(list(itertools.product(range(V), repeat=L)))        # every x, same order
+
+    def index(self, z: torch.Tensor) -> torch.Tensor:
+        return (z * (self.V + 1) ** torch.arange(self.L - 1, -1, -1)).sum(-1)
+
+    def posterior_logits(self, q: torch.Tensor) -> torch.Tensor:
+        """The exact denoiser of data q: log p(x_l = v | z) for every z (a perfectly fitted teacher)."""
+        out = torch.zeros(len(self.states), self.L, self.V + 1, dtype=torch.float64)
+        for i, z in enumerate(self.states):
+            consistent = ((self.clean == z) | (z == self.mask)).all(-1)
+            w = q * consistent
+            for l in range(self.L):
+                out[i, l, : self.V] = torch.stack([w[self.clean[:, l] == v].sum() for v in range(self.V)])
+        p = out[..., : self.V] / out[..., : self.V].sum(-1, keepdim=True)
+        out[..., : self.V] = p.clamp_min(1e-13).log()  # observed positions: irrelevant, kept finite
+        return out.float()
+
+    def sampler_distribution(self, model, times, noise_removal: bool = True) -> torch.Tensor:
+        """Exact distribution over clean sequences of the ancestral sampler on `times` (1 = all-[MASK] start),
+        then (as diffusion.sample) an argmax fill of positions still masked. Differentiable in the model."""
+        S, V = len(self.states), self.V
+        P = torch.zeros(S, dtype=torch.float64)
+        P[self.index(torch.full((self.L,), self.mask))] = 1.0
+        masked = self.states == self.mask
+        onehot = torch.nn.functional.one_hot(self.states, V + 1).double()
+        for t, s in zip(times[:-1], times[1:]):
+            t = torch.tensor([float(t)])
+            p = torch.softmax(model(self.states, SCHED.sigma(t).float().expand(S)).double()[..., :V], -1)
+            a_t, a_s = SCHED.alpha(t).double(), SCHED.alpha(torch.tensor([float(s)])).double()
+            reveal = (a_s - a_t) / (1 - a_t)
+            T = torch.cat([torch.where(masked[..., None], reveal * p, onehot[..., :V]),
+                           torch.where(masked, 1 - reveal, 0.0)[..., None]], dim=-1)
+            P = P @ self.product(T)
+        if noise_removal:
+            sigma = SCHED.sigma(torch.tensor([float(times[-1])])).float().expand(S)
+            best = model(self.states, sigma)[..., :V].argmax(-1)
+            T = torch.where(masked[..., None], torch.nn.functional.one_hot(best, V + 1).double(), onehot)
+            P = P @ self.product(T)
+        return P[(~masked).all(-1)]
+
+    def product(self, T: torch.Tensor) -> torch.Tensor:
+        """Per-position transitions T [S, L, V+1] -> the joint transition matrix [S, S] (positions independent)."""
+        full = T[:, 0]
+        for l in range(1, self.L):
+            full = (full[:, :, None] * T[:, l, None, :]).reshape(T.shape[0], -1)
+        return full
+
+
+class Table(nn.Module):
+    """A tabular network over the toy world: one row of outputs per state z (ignores sigma)."""
+
+    def __init__(self, world: ToyWorld, init: torch.Tensor):
+        super().__init__()
+        self.world = world
+        self.table = nn.Parameter(init.clone())
+
+    def forward(self, z, sigma):
+        return self.table[self.world.index(z)]
+
+
+def potts_chain(world: ToyWorld, coupling: float, bias) -> torch.Tensor:
+    """q(x) ∝ exp(J #{l: x_l = x_l+1} + sum_l b[x_l]): full support, strongly correlated neighbours."""
+    x = world.clean
+    energy = coupling * (x[:, 1:] == x[:, :-1]).sum(-1).double() + torch.tensor(bias, dtype=torch.float64)[x].sum(-1)
+    return torch.softmax(energy, 0)
+
+
+def kl(p, q) -> float:
+    return float((p * (p / q).log()).sum().detach())
+
+
+def default_cfg():
+    return config_mod.load()
+
+
+def test_exact_enumeration_matches_the_real_sampler():
+    """The toy world's exact K-step distribution is the distribution diffusion.sample actually draws from."""
+    torch.manual_seed(0)
+    world = ToyWorld(V=3, L=3)
+    q = potts_chain(world, 2.0, (0.5, 0.0, -0.5))
+    teacher = Table(world, world.posterior_logits(q))
+    exact = world.sampler_distribution(teacher, SCHED.grid(2, 1e-5).tolist())
+    assert abs(exact.sum().item() - 1) < 1e-9
+    n = 40_000
+    ids = sample(teacher, n, 3, 2, SCHED, world.mask, torch.Generator().manual_seed(1), cache=False).ids
+    counts = torch.bincount((ids * 3 ** torch.arange(2, -1, -1)).sum(-1), minlength=27).double() / n
+    assert 0.5 * (counts - exact).abs().sum() < 0.02
+    # and the fitted teacher converges to the data with many steps, while 2 steps are far off
+    many = world.sampler_distribution(teacher, SCHED.grid(64, 1e-5).tolist())
+    assert kl(many, q) < 1e-3 < 0.05 < kl(exact, q)
+
+
+def test_distillation_lowers_the_exact_two_step_kl():
+    """Toy world (V = 3, L = 4, a Potts chain): a perfectly fitted teacher sampled in K = 2 steps is far from the
+    data. Distilling it (full method, tabular student + tabular discriminator) must lower the exact REVERSE
+    KL(student 2-step || data) - what the method minimises - well below the teacher's, and the forward KL too."""
+    torch.set_num_threads(1)
+    world = ToyWorld(V=3, L=4)
+    q = potts_chain(world, 2.0, (0.6, 0.0, -0.3))
+    teacher = Table(world, world.posterior_logits(q))
+    grid = SCHED.grid(2, 1e-5).tolist()
+    with torch.no_grad():
+        teacher_2 = world.sampler_distribution(teacher, grid)
+    data = world.clean[torch.multinomial(q.float(), 4096, replacement=True, generator=torch.Generator().manual_seed(0))]
+    cfg = default_cfg()
+    cd = {**cfg["distill"], "iterations": 800, "batch_size": 32, "group_size": 4, "student_lr": 0.01,
+          "discriminator_lr": 0.1, "warmup_steps": 10, "ema": 0.9, "log_every": 100}
+    method = config_mod.variant_method(cfg, "full")
+    disc = Table(world, torch.zeros(len(world.states), world.L))  # one logit per (state, position)
+    state = run_distillation(teacher, data.numpy(), cd, method, SCHED, world.mask, seed=0, discriminator=disc,
+                             progress=False)
+    with torch.no_grad():
+        student_2 = world.sampler_distribution(state.student_ema, grid)
+    assert kl(teacher_2, q) > 0.15
+    assert kl(student_2, q) < 0.6 * kl(teacher_2, q)
+    assert kl(q, student_2) < kl(q, teacher_2)
+    # the teacher is untouched (frozen), and the student started as it
+    assert torch.equal(teacher.table, Table(world, world.posterior_logits(q)).table)
+    assert len(state.history["reward"]) == 800
+
+
+# ---------------------------------------------------------------------------------------------- the estimator
+@pytest.mark.parametrize("decomposition", [True, False])
+@pytest.mark.parametrize("single_pass", [True, False])
+def test_policy_gradient_matches_exact_gradient(decomposition, single_pass):
+    """mean(R(x) * log p(x)) over student rollouts (log p = ell_1 + ell_2, or the one-shot ell) has expected
+    gradient = the exact gradient of E_student[R] computed by enumeration of the rollout's distribution."""
+    torch.manual_seed(0)
+    world = ToyWorld(V=2, L=3)
+    student = Table(world, 0.7 * torch.randn(len(world.states), 3, 3))
+    reward = torch.randn(len(world.clean), dtype=torch.float64)
+    tau = 0.5
+    times = [1.0, tau, 0.0] if decomposition else [1.0, 0.0]  # finish at alpha = 1: nothing left masked
+
+    exact = (world.sampler_distribution(student, times, noise_removal=False) * reward).sum()
+    (g_exact,) = torch.autograd.grad(exact, student.table)
+
+    method = {"score_decomposition": decomposition, "finish_at_alpha_one": True, "on_policy_single_pass": single_pass}
+    n = 60_000
+    roll = rollout(student, n, 3, torch.full((n,), tau), SCHED, world.mask, method, 1e-3,
+                   torch.Generator().manual_seed(1), "float64", "cpu")
+    assert not (roll["x"] == world.mask).any()
+    r = reward[(roll["x"] * 2 ** torch.arange(2, -1, -1)).sum(-1)].float()
+    (g_mc,) = torch.autograd.grad((r * roll["logp"]).mean(), student.table)
+    err = (g_mc.double() - g_exact).norm() / g_exact.norm()
+    assert err < 0.06, err
+    # dropping the first step's log-prob (no score decomposition in a two-step rollout) is biased
+    if decomposition and single_pass:
+        roll2 = rollout(student, n, 3, torch.full((n,), tau), SCHED, world.mask, method, 1e-3,
+                        torch.Generator().manual_seed(1), "float64", "cpu")
+        ell2_only = roll2["logp"] - _first_step_logp(student, world, roll2)
+        (g_bad,) = torch.autograd.grad((r * ell2_only).mean(), student.table)
+        assert (g_bad.double() - g_exact).norm() / g_exact.norm() > 0.3
+
+
+def _first_step_logp(student, world, roll):
+    z1, _, lp1 = roll["states"][0]
+    z_tau = roll["states"][1][0]
+    revealed = z_tau != world.mask
+    return torch.where(revealed, lp1.gather(-1, z_tau.clamp(max=world.V - 1)[..., None]).squeeze(-1), 0.0).sum(1)
+
+
+# ---------------------------------------------------------------------------------------------- small formulas
+def test_grouped_advantages_by_hand():
+    r = torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0, 5.0, 5.0, 5.0])
+    a = grouped_advantages(r, 4, 3.0)
+    s = math.sqrt(5 / 3)  # unbiased std of 1, 2, 3, 4
+    assert torch.allclose(a[:4], torch.tensor([-1.5, -0.5, 0.5, 1.5]) / s, atol=1e-6)
+    assert torch.equal(a[4:], torch.zeros(4))  # a constant group carries no signal
+    # one outlier in a group of 16: mean 1/16, std 1/4 -> A = 3.75 is clipped to 3; the rest -0.25
+    r = torch.zeros(16)
+    r[7] = 1.0
+    a = grouped_advantages(r, 16, 3.0)
+    assert a[7].item() == pytest.approx(3.0)
+    assert torch.allclose(torch.cat([a[:7], a[8:]]), torch.full((15,), -0.25), atol=1e-6)
+
+
+def test_omega_is_one_over_t_for_log_linear():
+    t = torch.tensor([0.02, 0.1, 0.5, 0.98], dtype=torch.float64)
+    assert torch.equal(SCHED.omega(t), 1 / t)
+    general = -SCHED.dalpha(t) / (1 - SCHED.alpha(t))
+    assert torch.allclose(general, 1 / t, rtol=1e-12)
+
+
+def test_label_smoothed_bce_by_hand():
+    s = 0.1
+    logits_real, mask_real = torch.tensor([[0.0, 2.0]]), torch.tensor([[1.0, 0.0]])  # second position unmasked
+    logits_fake, mask_fake = torch.tensor([[-1.0, 5.0]]), torch.tensor([[1.0, 0.0]])
+    sig = lambda x: 1 / (1 + math.exp(-x))  # noqa: E731
+    real = -((1 - s) * math.log(0.5) + s * math.log(0.5))
+    fake = -(s * math.log(sig(-1.0)) + (1 - s) * math.log(1 - sig(-1.0)))
+    got = smoothed_bce(logits_real, mask_real, logits_fake, mask_fake, s).item()
+    assert got == pytest.approx(0.5 * (real + fake), rel=1e-6)
+
+
+def test_tau_distributions_and_their_densities():
+    g = torch.Generator().manual_seed(0)
+    tau, pi = sample_tau(200_000, "beta22", (0.0, 1.0), g, "cpu")
+    assert tau.mean().item() == pytest.approx(0.5, abs=0.003)
+    assert tau.var().item() == pytest.approx(1 / 20, abs=0.001)  # Beta(2, 2) variance
+    assert torch.allclose(pi, 6 * tau * (1 - tau), atol=1e-6)
+    tau, pi = sample_tau(10_000, "uniform", (0.02, 0.98), g, "cpu")
+    assert tau.min() >= 0.02 and tau.max() <= 0.98 and torch.equal(pi, torch.ones_like(pi))
+    assert tau.var().item() == pytest.approx(1 / 12, rel=0.05)
+
+
+def test_divergences():
+    lp_t = torch.log_softmax(torch.randn(5, 7), -1)
+    lp_s = torch.log_softmax(torch.randn(5, 7), -1)
+    fwd = torch.distributions.kl_divergence(torch.distributions.Categorical(logits=lp_t),
+                                            torch.distributions.Categorical(logits=lp_s))
+    rev = torch.distributions.kl_divergence(torch.distributions.Categorical(logits=lp_s),
+                                            torch.distributions.Categorical(logits=lp_t))
+    assert torch.allclose(divergence(lp_s, lp_t, "forward_kl", 0.5), fwd, atol=1e-6)
+    assert torch.allclose(divergence(lp_s, lp_t, "jeffrey", 0.0), fwd, atol=1e-6)
+    assert torch.allclose(divergence(lp_s, lp_t, "jeffrey", 1.0), rev, atol=1e-6)
+    assert torch.allclose(divergence(lp_s, lp_t, "jeffrey", 0.5), 0.5 * (fwd + rev), atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------- the real network
+def tiny_teacher(vocab=12, seq_len=8, seed=0):
+    from didi.model import DiT, DiTConfig
+
+    torch.manual_seed(seed)
+    model = DiT(DiTConfig(vocab, seq_len, hidden=16, layers=2, heads=2, cond_dim=8, dropout=0.1))
+    with torch.no_grad():  # a "trained" teacher: adaLN and output layer away from their zero init
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    return model.eval()
+
+
+def tiny_cfg(**distill):
+    cfg = default_cfg()
+    cfg["distill"] = {**cfg["distill"], "iterations": 4, "batch_size": 2, "group_size": 2, "warmup_steps": 2,
+                      "log_every": 1, "checkpoint_every": 2, "discriminator_trainable_blocks": 1, **distill}
+    return cfg
+
+
+def test_student_ema_and_discriminator_start_from_the_teacher():
+    teacher = tiny_teacher()
+    cfg = tiny_cfg()
+    state = build_state(teacher, cfg["distill"], config_mod.variant_method(cfg, "full"), SCHED, 11, 8)
+    for name, p in teacher.state_dict().items():
+        assert torch.equal(state.student.state_dict()[name], p)
+        assert torch.equal(state.student_ema.state_dict()[name], p)
+        assert torch.equal(state.discriminator.trunk.state_dict()[name], p)
+    assert not any(p.requires_grad for p in teacher.parameters())
+
+
+@pytest.mark.parametrize("variant", ["full", "baseline"])
+def test_resume_gives_the_same_weights(tmp_path, variant):
+    """4 iterations straight == 2 iterations, stop, then resume to 4 (dropout on, so its seeding is tested too)."""
+    torch.set_num_threads(1)
+    tokens = np.random.default_rng(0).integers(0, 11, size=(32, 8))
+    cfg = tiny_cfg()
+    method = config_mod.variant_method(cfg, variant)
+
+    def go(iterations, ckpt):
+        return run_distillation(tiny_teacher(), tokens, {**cfg["distill"], "iterations": iterations}, method, SCHED,
+                                11, seed=3, checkpoint_dir=ckpt, progress=False)
+
+    straight = go(4, tmp_path / "a")
+    go(2, tmp_path / "b")
+    resumed = go(4, tmp_path / "b")
+    assert resumed.iteration == 4
+    for a, b in [(straight.student, resumed.student), (straight.student_ema, resumed.student_ema),
+                 (straight.discriminator, resumed.discriminator)]:
+        for (name, x), y in zip(a.state_dict().items(), b.state_dict().values()):
+            assert torch.equal(x, y), name
+    assert straight.history["reward"] == resumed.history["reward"]
+    # and the student did move away from the teacher
+    assert not torch.equal(straight.student.state_dict()["blocks.1.attn_out.weight"],
+                           tiny_teacher().state_dict()["blocks.1.attn_out.weight"])
+
+
+def make_tokenizer(out_dir, n_words=10):
+    """A word-level tokenizer of n_words + [PAD] tokens, saved as an AutoTokenizer-loadable directory."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {f"w{i}": i for i in range(n_words)} | {"[PAD]": n_words}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[PAD]"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]").save_pretrained(str(out_dir))
+
+
+def test_distill_command_writes_loadable_outputs(tmp_path):
+    from didi.cli import main
+    from didi.discriminator import load_discriminator
+    from didi.model import load_dit, save_dit
+
+    torch.set_num_threads(1)
+    make_tokenizer(tmp_path / "tok")  # 11 ids -> [MASK] = 11, model vocab 12
+    save_dit(tmp_path / "teacher", tiny_teacher())
+    np.save(tmp_path / "train.npy", np.random.default_rng(0).integers(0, 11, size=(16, 8)).astype(np.uint16))
+    np.save(tmp_path / "pool.npy", np.random.default_rng(1).integers(0, 11, size=(8, 8)).astype(np.uint16))
+    cfg = tiny_cfg(iterations=3)
+    out = tmp_path / "run"
+    rc = main(["distill", "--config-json", json.dumps(cfg), "--teacher", str(tmp_path / "teacher"),
+               "--tokens", str(tmp_path / "train.npy"), "--tokenizer", str(tmp_path / "tok"),
+               "--variant", "teacher_pos", "--teacher-pool", str(tmp_path / "pool.npy"), "--out-dir", str(out)])
+    assert rc == 0
+    student, student_cfg = load_dit(out / "student")
+    assert student_cfg["distill"]["variant"] == "teacher_pos"
+    load_dit(out / "student_raw")
+    disc = load_discriminator(out / "discriminator")
+    assert disc.config.time_conditioning
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["iterations"] == 3 and len(metrics["history"]["d_acc"]) == 3
+    assert metrics["iterations_per_s"] > 0 and "provenance" in metrics
+    assert (out / "checkpoints" / "state.pt").exists()
+
+
+def test_a_checkpoint_of_another_teacher_is_not_resumed(tmp_path):
+    torch.set_num_threads(1)
+    tokens = np.random.default_rng(0).integers(0, 11, size=(32, 8))
+    cfg = tiny_cfg()
+    method = config_mod.variant_method(cfg, "full")
+
+    def go(iterations, ckpt, teacher_seed):
+        return run_distillation(tiny_teacher(seed=teacher_seed), tokens, {**cfg["distill"], "iterations": iterations},
+                                method, SCHED, 11, seed=3, checkpoint_dir=ckpt, progress=False)
+
+    go(2, tmp_path / "b", teacher_seed=0)
+    other = go(4, tmp_path / "b", teacher_seed=1)
+    fresh = go(4, tmp_path / "c", teacher_seed=1)
+    assert other.history["reward"] == fresh.history["reward"]
+    assert torch.equal(other.student.state_dict()["blocks.0.attn_qkv.weight"],
+                       fresh.student.state_dict()["blocks.0.attn_qkv.weight"])
+
+
+def test_benchmark_distill_reports_a_rate_and_leaves_the_teacher_alone():
+    from didi.distill import benchmark_distill
+
+    torch.set_num_threads(1)
+    teacher = tiny_teacher()
+    for p in teacher.parameters():
+        p.requires_grad_(True)
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    tokens = np.random.default_rng(0).integers(0, 11, size=(16, 8)).astype(np.uint16)
+    result = benchmark_distill(teacher, tokens, tiny_cfg(), iterations=2)
+    assert result["iterations_per_s"] > 0 and result["iterations"] == 2
+    assert all(p.requires_grad for p in teacher.parameters())
+    assert all(torch.equal(before[k], v) for k, v in teacher.state_dict().items())
