@@ -1,0 +1,199 @@
+"""`didi bench`: throughput numbers for the README, measured in one run on one machine (not a test: timings
+depend on the machine, so nothing asserts them).
+
+    didi bench --tokens results/tokens --tokenizer results/tokenizer [--teacher results/teacher/ema] \
+        --out-dir results/bench [--configfile ...]
+
+Sections, each a function returning a dict and written to out-dir/<section>.json; out-dir/bench.json holds them
+all plus the machine description:
+ - teacher:  training tokens/s (the real training step: AdamW, clip, EMA, autocast per config) after warm-up
+             steps, and sampler tokens/s at two NFEs (8 and L by default) with their ratio.
+ - distill:  DiDi-Instruct iterations/s (didi.distill.benchmark_distill), when the config has a distill section.
+More sections (RGAS overhead, student-vs-teacher speed-up) are further functions added to SECTIONS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import logging
+import os
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from didi import config as config_mod
+from didi import data, io, train
+
+log = logging.getLogger("didi.bench")
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def machine() -> dict:
+    device = io.default_device()
+    return {
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda"
+        else platform.processor() or platform.machine(),
+        "torch_threads": torch.get_num_threads(),
+        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+    }
+
+
+def build_teacher(cfg: dict, vocab: int, teacher_dir: str | Path | None, device: torch.device):
+    """The trained teacher when given (sampling speed depends on what it predicts, through the cache), else a
+    freshly initialised DiT of the config's size."""
+    from didi.model import DiT, DiTConfig, load_dit
+
+    if teacher_dir:
+        model, _ = load_dit(teacher_dir, device)
+        return model
+    torch.manual_seed(train.derived_seed(cfg["seed"], train.INIT))
+    return DiT(DiTConfig.from_config(cfg["model"], vocab, cfg["data"]["seq_len"])).to(device)
+
+
+def bench_training(cfg: dict, model: torch.nn.Module, blocks: np.ndarray, mask_id: int, warmup_steps: int,
+                   timed_steps: int) -> dict:
+    """Tokens/s of train.train_step (one process, global batch teacher.batch_size) on a copy of `model`."""
+    from didi.diffusion import LogLinearSchedule
+
+    t = cfg["teacher"]
+    device = next(model.parameters()).device
+    model = copy.deepcopy(model).train().requires_grad_(True)
+    ema_model = copy.deepcopy(model).float().requires_grad_(False)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=t["lr"], betas=tuple(t["betas"]), eps=t["adam_eps"],
+                                  weight_decay=t["weight_decay"])
+    model_fn = train.model_fn_of(torch.compile(model) if t["compile"] else model, device, t["bf16"])
+    schedule = LogLinearSchedule(cfg["diffusion"]["eps"])
+    sampler = train.BlockSampler(len(blocks), t["batch_size"], cfg["seed"])
+
+    def run(steps: range) -> None:
+        for step in steps:
+            x = train.to_tensor(blocks[sampler.indices(step)], device)
+            train.train_step(model, model_fn, ema_model, optimizer, x, slice(None), step, cfg, schedule, mask_id)
+
+    run(range(warmup_steps))  # allocator, autotuning, torch.compile
+    synchronize(device)
+    start = time.perf_counter()
+    run(range(warmup_steps, warmup_steps + timed_steps))
+    synchronize(device)
+    seconds = time.perf_counter() - start
+    tokens = timed_steps * t["batch_size"] * blocks.shape[1]
+    return {"tokens_per_s": tokens / seconds, "steps_per_s": timed_steps / seconds, "timed_steps": timed_steps,
+            "warmup_steps": warmup_steps, "seconds": seconds, "global_batch": t["batch_size"],
+            "bf16": t["bf16"] and device.type == "cuda", "compile": t["compile"]}
+
+
+def bench_sampler(cfg: dict, model: torch.nn.Module, mask_id: int, nfe: int, num_samples: int) -> dict:
+    """Tokens/s of the ancestral sampler at `nfe` steps (cache and precision per config), after one warm-up call."""
+    from didi.diffusion import LogLinearSchedule, sample
+
+    device = next(model.parameters()).device
+    d = cfg["diffusion"]
+    cache = d["cache"] and not model.config.time_conditioning
+    model.eval()
+
+    @torch.no_grad()
+    def model_fn(z, sigma):
+        return model(z, sigma)
+
+    gen = torch.Generator(device=device).manual_seed(cfg["seed"])
+    args = (LogLinearSchedule(d["eps"]), mask_id, gen, device, d["sampling_precision"], cache, 1.0,
+            d["sampling_t_end"])
+    sample(model_fn, num_samples, model.config.seq_len, 2, *args)  # warm-up
+    result = sample(model_fn, num_samples, model.config.seq_len, nfe, *args)
+    tokens = num_samples * model.config.seq_len
+    return {"nfe": nfe, "tokens_per_s": tokens / result.seconds, "seconds": result.seconds,
+            "network_calls": result.network_calls, "num_samples": num_samples, "cache": cache,
+            "precision": d["sampling_precision"]}
+
+
+# ---------------------------------------------------------------------------------------------- sections
+def section_teacher(cfg: dict, ctx: dict) -> dict:
+    model, mask_id = ctx["model"], ctx["mask_id"]
+    training = bench_training(cfg, model, ctx["blocks"], mask_id, ctx["warmup_steps"], ctx["timed_steps"])
+    log.info("teacher training: %.4g tokens/s (%.3g steps/s)", training["tokens_per_s"], training["steps_per_s"])
+    sampling = []
+    for nfe in ctx["nfe"]:
+        sampling.append(bench_sampler(cfg, model, mask_id, nfe, cfg["sampling"]["batch_size"]))
+        log.info("sampler NFE %d: %.4g tokens/s (%d network calls)", nfe, sampling[-1]["tokens_per_s"],
+                 sampling[-1]["network_calls"])
+    return {
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "seq_len": model.config.seq_len,
+        "trained_teacher": ctx["teacher_dir"],
+        "training": training,
+        "sampling": sampling,
+        # how much faster the fewest-step sampler is than the most-step one (the point of distillation)
+        "sampler_speed_ratio": sampling[0]["tokens_per_s"] / sampling[-1]["tokens_per_s"],
+        "sampler_speed_ratio_nfe": [sampling[0]["nfe"], sampling[-1]["nfe"]],
+    }
+
+
+def section_distill(cfg: dict, ctx: dict) -> dict:
+    from didi.distill import benchmark_distill
+
+    result = benchmark_distill(ctx["model"], ctx["blocks"], cfg, iterations=ctx["timed_steps"])
+    log.info("distillation: %.3g iterations/s", result["iterations_per_s"])
+    return result
+
+
+SECTIONS = {"teacher": section_teacher, "distill": section_distill}
+
+
+def run_bench(cfg: dict, tokens_dir: str | Path, tokenizer_dir: str | Path, out_dir: str | Path,
+              teacher_dir: str | Path | None = None, sections: list[str] | None = None, nfe: list[int] | None = None,
+              warmup_steps: int = 3, timed_steps: int = 10) -> dict:
+    """Run the chosen sections (default: teacher, plus distill when the config has it); write the JSON files."""
+    out_dir = Path(out_dir)
+    device = io.default_device()
+    tokenizer = data.load_pretrained_tokenizer(str(tokenizer_dir))
+    mask_id = data.special_ids(tokenizer)["mask"]
+    model = build_teacher(cfg, mask_id + 1, teacher_dir, device)
+    blocks = data.load_blocks(Path(tokens_dir) / "train.npy")
+    if blocks.shape[1] != model.config.seq_len:
+        raise ValueError(f"{tokens_dir}/train.npy has blocks of {blocks.shape[1]} tokens, the model "
+                         f"{model.config.seq_len}")
+    sections = sections or ["teacher"] + (["distill"] if "distill" in cfg else [])
+    ctx = {"model": model, "mask_id": mask_id, "blocks": blocks, "teacher_dir": str(teacher_dir) if teacher_dir
+           else None, "nfe": nfe or [8, model.config.seq_len], "warmup_steps": warmup_steps,
+           "timed_steps": timed_steps}
+    results = {"machine": machine()}
+    for name in sections:
+        results[name] = SECTIONS[name](cfg, ctx)
+        io.write_metrics(out_dir / f"{name}.json", {"machine": results["machine"], **results[name]}, cfg)
+    io.write_metrics(out_dir / "bench.json", results, cfg)
+    log.info("benchmarks on %s -> %s", results["machine"]["device_name"], out_dir)
+    return results
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    config_mod.add_arguments(p)
+    p.add_argument("--tokens", required=True, help="directory with train.npy")
+    p.add_argument("--tokenizer", required=True, help="tokenizer directory")
+    p.add_argument("--teacher", default=None, help="trained teacher directory (default: a fresh DiT of config size)")
+    p.add_argument("--out-dir", required=True)
+    p.add_argument("--sections", nargs="+", choices=list(SECTIONS), default=None)
+    p.add_argument("--nfe", type=int, nargs="+", default=None, help="sampler NFEs to time (default: 8 and L)")
+    p.add_argument("--warmup-steps", type=int, default=3)
+    p.add_argument("--timed-steps", type=int, default=10)
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = config_mod.from_args(args)
+    run_bench(cfg, args.tokens, args.tokenizer, args.out_dir, args.teacher, args.sections, args.nfe,
+              args.warmup_steps, args.timed_steps)
+    return 0
+
+
+COMMANDS = {"bench": (add_arguments, run)}

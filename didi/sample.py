@@ -1,0 +1,163 @@
+"""`didi sample`: draw samples from a diffusion model directory (the teacher or a student) at one NFE.
+
+    didi sample --model-dir results/teacher/ema --tokenizer results/tokenizer --nfe 8 --precision float64 \
+        --temperature 1.0 --num-samples 64 --sampler ancestral \
+        --out results/samples/teacher/ancestral_float64_nfe8_T1.00
+
+Writes <out>.npy (token ids [N, L]), <out>.jsonl ({"text": ...} per sample) and <out>.json (how they were made:
+sampler, precision, nfe, network calls, wall-clock, tokens/s, seed, ...). The seed is the config seed combined with
+a stable hash of the output's file name, so every sample file is reproducible on its own and different files
+(NFEs, temperatures, ...) draw different noise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from didi import config as config_mod
+from didi import data, io
+
+log = logging.getLogger("didi.sample")
+
+SAMPLERS = ("ancestral", "rgas")
+
+
+def file_seed(seed: int, out_stem: str | Path) -> int:
+    """The config seed mixed with a stable hash of the output name (not Python's salted hash())."""
+    digest = hashlib.sha256(f"{seed}:{Path(out_stem).name}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+def save_npy(path: Path, array: np.ndarray) -> None:
+    with io.atomic_path(path) as tmp, open(tmp, "wb") as f:  # a file object: np.save would append .npy to a name
+        np.save(f, array)
+
+
+def sample_to_files(cfg: dict, model_dir: str | Path, tokenizer_dir: str | Path, out_stem: str | Path, nfe: int,
+                    precision: str, temperature: float, num_samples: int, sampler: str = "ancestral",
+                    discriminator_dir: str | Path | None = None) -> dict:
+    """Sample `num_samples` sequences in batches of cfg sampling.batch_size; write <out_stem>.{npy,jsonl,json}.
+    Returns the metadata written to <out_stem>.json (without provenance)."""
+    from didi.diffusion import LogLinearSchedule, sample
+    from didi.model import load_dit
+
+    if sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler {sampler!r} (known: {', '.join(SAMPLERS)})")
+    if sampler == "rgas" and discriminator_dir is None:
+        raise ValueError("--sampler rgas needs --discriminator")
+    out_stem = Path(out_stem)
+    device = io.default_device()
+    tokenizer = data.load_pretrained_tokenizer(str(tokenizer_dir))
+    mask_id = data.special_ids(tokenizer)["mask"]
+    model, model_json = load_dit(model_dir, device)
+    if model.config.vocab_size != mask_id + 1:
+        raise ValueError(f"{model_dir}: model vocab {model.config.vocab_size} != len(tokenizer) + 1 = {mask_id + 1} "
+                         f"(was it trained with tokenizer {tokenizer_dir}?)")
+    seq_len = model.config.seq_len
+    schedule = LogLinearSchedule(cfg["diffusion"]["eps"])
+    t_end = cfg["diffusion"]["sampling_t_end"]
+    # the cache reuses the last output when no token changed: valid only if the output ignores the time
+    cache = cfg["diffusion"]["cache"] and not model.config.time_conditioning
+    seed = file_seed(cfg["seed"], out_stem)
+    gen = torch.Generator(device=device).manual_seed(seed)
+
+    @torch.no_grad()
+    def model_fn(z: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        return model(z, sigma)
+
+    discriminator, rgas = None, None
+    if sampler == "rgas":
+        from didi.discriminator import load_discriminator
+        from didi.rgas import rgas_sample
+
+        discriminator = load_discriminator(discriminator_dir, device)
+        rgas = cfg["distill"]["rgas"]
+
+    batch_size = cfg["sampling"]["batch_size"]
+    log.info("sampling %d x %d tokens from %s: %s, NFE %d, %s, T=%g, cache %s, seed %d", num_samples, seq_len,
+             model_dir, sampler, nfe, precision, temperature, cache, seed)
+    progress = io.Progress(total=num_samples, every=batch_size, desc="sample", unit="seq", logger=log)
+    ids, network_calls, disc_forward, disc_backward, seconds = [], 0, 0, 0, 0.0
+    for start in range(0, num_samples, batch_size):
+        n = min(batch_size, num_samples - start)
+        if sampler == "ancestral":
+            result = sample(model_fn, n, seq_len, nfe, schedule, mask_id, gen, device, precision, cache,
+                            temperature, t_end)
+        else:
+            result = rgas_sample(model_fn, discriminator, n, seq_len, nfe, schedule, mask_id, gen, device,
+                                 precision, rgas["h_start"], rgas["h_end"], rgas["candidates"],
+                                 rgas["tilt_fraction"], temperature, t_end)
+            disc_forward += result.disc_forward_calls
+            disc_backward += result.disc_backward_calls
+        ids.append(result.ids.cpu())
+        network_calls += result.network_calls
+        seconds += result.seconds
+        progress.update(start + n, force=True, network_calls=network_calls)
+    ids = torch.cat(ids).numpy()
+    if (ids >= mask_id).any() or (ids < 0).any():
+        raise RuntimeError(f"sampler returned ids outside [0, {mask_id}): a [MASK] was left in a sample")
+
+    texts = data.decode(tokenizer, ids)
+    meta = {
+        "model_dir": str(model_dir),
+        "weights": model_json.get("teacher", {}).get("weights") or Path(model_dir).name,
+        "sampler": sampler,
+        "discriminator_dir": None if discriminator_dir is None else str(discriminator_dir),
+        "precision": precision,
+        "temperature": float(temperature),
+        "nfe": int(nfe),
+        "network_calls": network_calls,
+        "network_calls_per_batch": network_calls / -(-num_samples // batch_size),
+        "disc_forward_calls": disc_forward,
+        "disc_backward_calls": disc_backward,
+        "cache": cache,
+        "seconds": seconds,
+        "tokens_per_s": num_samples * seq_len / seconds,
+        "num_samples": num_samples,
+        "batch_size": batch_size,
+        "seq_len": seq_len,
+        "seed": seed,
+        "device": str(device),
+    }
+    save_npy(Path(f"{out_stem}.npy"), ids.astype(data.token_dtype(mask_id + 1)))
+    io.write_text(Path(f"{out_stem}.jsonl"), "".join(json.dumps({"text": t}) + "\n" for t in texts))
+    io.write_metrics(Path(f"{out_stem}.json"), meta, cfg)
+    log.info("%d samples in %.2f s (%.4g tokens/s, %d network calls) -> %s.{npy,jsonl,json}", num_samples, seconds,
+             meta["tokens_per_s"], network_calls, out_stem)
+    return meta
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    config_mod.add_arguments(p)
+    p.add_argument("--model-dir", required=True, help="a model directory written by save_dit (teacher or student)")
+    p.add_argument("--tokenizer", required=True, help="tokenizer directory")
+    p.add_argument("--nfe", type=int, required=True, help="K, the number of sampler steps")
+    p.add_argument("--precision", choices=["float64", "float32"], default=None,
+                   help="categorical sampling precision (default: diffusion.sampling_precision)")
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--num-samples", type=int, default=None, help="default: sampling.num_samples")
+    p.add_argument("--sampler", choices=SAMPLERS, default="ancestral")
+    p.add_argument("--discriminator", default=None, help="discriminator directory (--sampler rgas)")
+    p.add_argument("--out", required=True, help="output stem: writes STEM.npy, STEM.jsonl and STEM.json")
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = config_mod.from_args(args)
+    start = time.perf_counter()
+    sample_to_files(cfg, args.model_dir, args.tokenizer, args.out, args.nfe,
+                    args.precision or cfg["diffusion"]["sampling_precision"], args.temperature,
+                    args.num_samples or cfg["sampling"]["num_samples"], args.sampler, args.discriminator)
+    log.info("total %.1f s", time.perf_counter() - start)
+    return 0
+
+
+COMMANDS = {"sample": (add_arguments, run)}

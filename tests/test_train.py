@@ -1,0 +1,228 @@
+"""Teacher training (didi/train.py): learning, outputs, exact resume, DDP equivalence, the data order.
+
+Tiny everything: a 42-id word-level tokenizer, blocks of L = 16 of a "repeat one random word" language, a DiT
+of hidden 32 with 1 layer.
+"""
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from didi import config, data, diffusion, train
+from didi.model import DiT, DiTConfig, load_dit
+
+L = 16
+WORDS = [f"w{i}" for i in range(40)]
+
+
+def make_tokenizer(path):
+    """Word-level tokenizer: EOS (= BOS) id 0, [PAD] id 1, then 40 words; saved AutoTokenizer-loadable."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {data.EOS_TOKEN: 0, data.PAD_TOKEN: 1, **{w: i + 2 for i, w in enumerate(WORDS)}}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token=data.PAD_TOKEN))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=data.EOS_TOKEN, eos_token=data.EOS_TOKEN,
+                                   pad_token=data.PAD_TOKEN)
+    fast.save_pretrained(str(path))
+    return path
+
+
+def repeat_blocks(n: int, seed: int) -> np.ndarray:
+    """BOS, one uniformly random word repeated L - 2 times, EOS: any visible word gives away all the others,
+    while a unigram model pays about log 40 nats per word."""
+    rng = np.random.default_rng(seed)
+    body = np.repeat(rng.integers(2, 42, (n, 1)), L - 2, axis=1)
+    return np.concatenate([np.zeros((n, 1)), body, np.zeros((n, 1))], axis=1).astype(np.uint16)
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    root = tmp_path_factory.mktemp("teacher")
+    make_tokenizer(root / "tokenizer")
+    (root / "tokens").mkdir()
+    np.save(root / "tokens" / "train.npy", repeat_blocks(256, 0))
+    np.save(root / "tokens" / "validation.npy", repeat_blocks(64, 1))
+    return root
+
+
+def tiny_cfg(**teacher) -> dict:
+    cfg = config.load()
+    cfg["data"]["seq_len"] = L
+    cfg["model"] = {"hidden": 32, "layers": 1, "heads": 2, "cond_dim": 16, "mlp_ratio": 2, "dropout": 0.0,
+                    "time_conditioning": False}
+    cfg["teacher"].update({"steps": 12, "batch_size": 8, "lr": 3e-3, "warmup_steps": 3, "ema": 0.9,
+                           "eval_every": 6, "eval_batches": 2, "checkpoint_every": 4, "log_every": 2,
+                           "bf16": False, "compile": False, **teacher})
+    return config.validate(cfg)
+
+
+def weights(path):
+    return load_file(str(path / "model.safetensors"))
+
+
+def assert_same_weights(a: dict, b: dict, atol: float = 0.0):
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=atol, rtol=0.0, msg=k)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+# ---------------------------------------------------------------------------------------------- pieces
+def test_block_sampler_is_a_function_of_seed_and_step_and_covers_each_epoch():
+    n, batch = 10, 4
+    s = train.BlockSampler(n, batch, seed=7)
+    stream = np.concatenate([s.indices(step) for step in range(5)])  # 20 draws = exactly 2 epochs
+    assert sorted(stream[:10]) == list(range(10)) and sorted(stream[10:]) == list(range(10))
+    assert not np.array_equal(stream[:10], stream[10:])  # each epoch its own permutation
+    fresh = train.BlockSampler(n, batch, seed=7)
+    assert np.array_equal(fresh.indices(3), s.indices(3))  # no hidden state: step 3 alone gives the same rows
+    assert not np.array_equal(train.BlockSampler(n, batch, seed=8).indices(0), s.indices(0))
+
+
+def test_learning_rate_warms_up_linearly_then_stays_constant():
+    lrs = [train.learning_rate(step, 1.0, 4) for step in range(7)]
+    assert lrs == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0, 1.0]
+    assert train.learning_rate(0, 2.0, 0) == 2.0
+
+
+def test_shard_loss_is_mdlm_loss_and_shards_average_to_it():
+    torch.manual_seed(0)
+    model = DiT(DiTConfig(vocab_size=43, seq_len=L, hidden=32, layers=1, heads=2, cond_dim=16, dropout=0.0))
+    # a trained-looking network: the zero-initialised output layer would give every row the same loss
+    torch.nn.init.normal_(model.output_layer.linear.weight, std=0.5)
+    x = torch.from_numpy(repeat_blocks(8, 3).astype(np.int64))
+    sched = diffusion.LogLinearSchedule(1e-3)
+    full, _ = diffusion.mdlm_loss(model, x, sched, 42, torch.Generator().manual_seed(5), 1e-3, True)
+    ours = train.shard_mdlm_loss(model, x, slice(None), sched, 42, torch.Generator().manual_seed(5), 1e-3, True)
+    assert torch.equal(ours, full)
+    halves = [train.shard_mdlm_loss(model, x, rows, sched, 42, torch.Generator().manual_seed(5), 1e-3, True)
+              for rows in (slice(0, 4), slice(4, 8))]
+    assert not torch.isclose(halves[0], halves[1])  # the halves really are different rows and noise
+    torch.testing.assert_close((halves[0] + halves[1]) / 2, full, rtol=1e-6, atol=0)
+
+
+def test_ema_update_tracks_parameters_with_warmed_up_decay():
+    model, ema = torch.nn.Linear(2, 1), torch.nn.Linear(2, 1)
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+        ema.weight.fill_(0.0)
+    train.ema_update(ema, model, decay=0.999, step=0)  # decay min(0.999, 1/10) = 0.1
+    torch.testing.assert_close(ema.weight, torch.full((1, 2), 0.9))
+    train.ema_update(ema, model, decay=0.5, step=1000)  # decay 0.5 once warmed up
+    torch.testing.assert_close(ema.weight, torch.full((1, 2), 0.95))
+
+
+# ---------------------------------------------------------------------------------------------- the loop
+def test_teacher_learns_and_writes_loadable_outputs(workspace, tmp_path):
+    cfg = tiny_cfg(steps=160, lr=1e-2, eval_every=80, checkpoint_every=80, log_every=20)
+    metrics = train.train_teacher(cfg, workspace / "tokens", workspace / "tokenizer", tmp_path)
+    losses = [loss for _, loss in metrics["loss_curve"]]
+    assert len(losses) == 8 and losses[-1] < 0.5 * losses[0]
+    # the unigram reference is scored on exactly the evaluated blocks (eval_batches x batch_size of them)
+    val = data.load_blocks(workspace / "tokens" / "validation.npy")[:16]
+    train_blocks = data.load_blocks(workspace / "tokens" / "train.npy")
+    assert metrics["unigram_nats"] == data.unigram_nats(train_blocks, val, 42) > 3.0
+    # the language is deterministic given one visible word: the bound falls far below the unigram's
+    assert metrics["validation_nats"] < metrics["unigram_nats"] - 1.5
+    assert metrics["validation_ppl_bound"] == pytest.approx(math.exp(metrics["validation_nats"]))
+    assert [s for s, _ in metrics["eval_curve"]] == [80, 160]
+    assert metrics["steps"] == 160 and metrics["tokens_seen"] == 160 * 8 * L
+
+    on_disk = json.loads((tmp_path / "metrics.json").read_text())
+    assert on_disk["validation_nats"] == metrics["validation_nats"] and "provenance" in on_disk
+    for kind in ("ema", "raw"):
+        model, meta = load_dit(tmp_path / kind)  # strict
+        assert meta["mask_id"] == 42 and meta["tokenizer_vocab"] == 42 and meta["seq_len"] == L
+        assert model.config.vocab_size == 43 and meta["teacher"]["weights"] == kind
+    assert not torch.equal(weights(tmp_path / "ema")["output_layer.linear.weight"],
+                           weights(tmp_path / "raw")["output_layer.linear.weight"])
+    # the final EMA is what was evaluated last
+    ema_model, _ = load_dit(tmp_path / "ema")
+    again = train.validation_nats(ema_model, val, diffusion.LogLinearSchedule(1e-3), 42, cfg, torch.device("cpu"),
+                                 batch_size=8)
+    assert again == pytest.approx(metrics["validation_nats"], rel=1e-6)
+    assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["step_000000080"]
+
+
+def test_killed_run_resumes_to_the_same_weights(workspace, tmp_path):
+    # dropout on: its masks are drawn from (seed, step), so even they repeat after a resume
+    cfg = tiny_cfg(steps=12)
+    cfg["model"]["dropout"] = 0.1
+    a = train.train_teacher(cfg, workspace / "tokens", workspace / "tokenizer", tmp_path / "a")
+
+    assert train.train_teacher(cfg, workspace / "tokens", workspace / "tokenizer", tmp_path / "b",
+                               max_steps=6) is None  # "killed" two steps after the step-4 checkpoint
+    assert not (tmp_path / "b" / "ema").exists()
+    assert [p.name for p in (tmp_path / "b" / "checkpoints").iterdir()] == ["step_000000004"]
+    b = train.train_teacher(cfg, workspace / "tokens", workspace / "tokenizer", tmp_path / "b")
+    assert b["steps_this_run"] == 8  # resumed at step 4
+    for kind in ("raw", "ema"):
+        assert_same_weights(weights(tmp_path / "a" / kind), weights(tmp_path / "b" / kind))
+    assert b["loss_curve"] == a["loss_curve"] and b["eval_curve"] == a["eval_curve"]
+
+    # a different configuration must not resume from these checkpoints
+    other = tiny_cfg(steps=12, lr=1e-3)
+    c = train.train_teacher(other, workspace / "tokens", workspace / "tokenizer", tmp_path / "b")
+    assert c["steps_this_run"] == 12
+
+
+def test_two_ddp_processes_match_one_process(workspace, tmp_path):
+    """torchrun (gloo, CPU) with 2 processes, each half of the global batch of 8, vs one process with all 8.
+    Dropout is 0: dropout masks are drawn per rank, so with dropout the two runs would differ by design."""
+    cfg = tiny_cfg(steps=8, checkpoint_every=4, eval_every=8)
+    train.train_teacher(cfg, workspace / "tokens", workspace / "tokenizer", tmp_path / "one")
+
+    sections = config.sections(cfg, "seed", "data", "model", "diffusion", "teacher", "wandb")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "didi.cli",
+         "train-teacher", "--config-json", json.dumps(sections), "--tokens", str(workspace / "tokens"),
+         "--tokenizer", str(workspace / "tokenizer"), "--out-dir", str(tmp_path / "two")],
+        env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "weights identical on all 2 ranks" in proc.stderr  # checked inside the run by all-gathering sums
+    for kind in ("raw", "ema"):
+        assert_same_weights(weights(tmp_path / "one" / kind), weights(tmp_path / "two" / kind), atol=1e-5)
+    one = json.loads((tmp_path / "one" / "metrics.json").read_text())
+    two = json.loads((tmp_path / "two" / "metrics.json").read_text())
+    assert two["world_size"] == 2 and one["world_size"] == 1
+    np.testing.assert_allclose(np.array(two["loss_curve"]), np.array(one["loss_curve"]), rtol=1e-5)
+    # rank 0 alone wrote: exactly the outputs of one run, one checkpoint, and one log line per event
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == ["checkpoints", "ema", "metrics.json", "raw"]
+    assert [p.name for p in (tmp_path / "two" / "checkpoints").iterdir()] == ["step_000000004"]
+    assert proc.stderr.count("done: 8 steps") == 1
+
+
+def test_bench_writes_training_and_sampler_sections(workspace, tmp_path):
+    """The benchmark's structure (no timing is asserted): one section file + bench.json, two NFEs, their ratio."""
+    from didi import bench
+
+    cfg = tiny_cfg()
+    cfg["sampling"]["batch_size"] = 4
+    res = bench.run_bench(cfg, workspace / "tokens", workspace / "tokenizer", tmp_path, sections=["teacher"],
+                          warmup_steps=1, timed_steps=2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bench.json", "teacher.json"]
+    on_disk = json.loads((tmp_path / "bench.json").read_text())
+    assert on_disk["machine"]["torch_threads"] == 1 and "provenance" in on_disk
+    teacher = res["teacher"]
+    assert teacher["training"]["timed_steps"] == 2 and teacher["training"]["tokens_per_s"] > 0
+    assert [s["nfe"] for s in teacher["sampling"]] == [8, L]
+    assert all(1 <= s["network_calls"] <= s["nfe"] + 1 for s in teacher["sampling"])
+    ratio = teacher["sampling"][0]["tokens_per_s"] / teacher["sampling"][1]["tokens_per_s"]
+    assert teacher["sampler_speed_ratio"] == pytest.approx(ratio)
