@@ -9,7 +9,10 @@ all plus the machine description:
  - teacher:  training tokens/s (the real training step: AdamW, clip, EMA, autocast per config) after warm-up
              steps, and sampler tokens/s at two NFEs (8 and L by default) with their ratio.
  - distill:  DiDi-Instruct iterations/s (didi.distill.benchmark_distill), when the config has a distill section.
-More sections (RGAS overhead, student-vs-teacher speed-up) are further functions added to SECTIONS.
+ - speedup:  the student sampling at each distill.nfe (8, 16, ...) against the teacher at K = L (tokens/s ratio),
+             and RGAS against plain ancestral sampling at the same NFE (wall-clock overhead, discriminator calls).
+             Uses --student / --discriminator when given, else the teacher's weights in both roles (the networks
+             have the same size, so the timing differs only through the cache hit rate).
 """
 
 from __future__ import annotations
@@ -147,13 +150,68 @@ def section_distill(cfg: dict, ctx: dict) -> dict:
     return result
 
 
-SECTIONS = {"teacher": section_teacher, "distill": section_distill}
+def bench_rgas(cfg: dict, model: torch.nn.Module, discriminator: torch.nn.Module, mask_id: int, nfe: int,
+               num_samples: int) -> dict:
+    """Wall-clock of RGAS at `nfe` (h schedule, M and split per config), after a short warm-up."""
+    from didi.diffusion import LogLinearSchedule
+    from didi.rgas import rgas_sample
+
+    device = next(model.parameters()).device
+    d, r = cfg["diffusion"], cfg["distill"]["rgas"]
+    model.eval()
+
+    @torch.no_grad()
+    def model_fn(z, sigma):
+        return model(z, sigma)
+
+    def run(k: int):
+        gen = torch.Generator(device=device).manual_seed(cfg["seed"])
+        return rgas_sample(model_fn, discriminator, num_samples, model.config.seq_len, k, LogLinearSchedule(d["eps"]),
+                           mask_id, gen, device, d["sampling_precision"], r["h_start"], r["h_end"], r["candidates"],
+                           r["tilt_fraction"], 1.0, d["sampling_t_end"])
+
+    run(2)  # warm-up
+    result = run(nfe)
+    return {"nfe": nfe, "seconds": result.seconds, "tokens_per_s": num_samples * model.config.seq_len / result.seconds,
+            "network_calls": result.network_calls, "disc_forward_calls": result.disc_forward_calls,
+            "disc_backward_calls": result.disc_backward_calls}
+
+
+def section_speedup(cfg: dict, ctx: dict) -> dict:
+    from didi.discriminator import Discriminator, load_discriminator
+    from didi.model import load_dit
+
+    teacher, mask_id, n = ctx["model"], ctx["mask_id"], cfg["sampling"]["batch_size"]
+    device = next(teacher.parameters()).device
+    student = load_dit(ctx["student_dir"], device)[0] if ctx.get("student_dir") else teacher
+    if ctx.get("discriminator_dir"):
+        discriminator = load_discriminator(ctx["discriminator_dir"], device)
+    else:
+        discriminator = Discriminator.from_teacher(teacher, cfg["distill"]["discriminator_trainable_blocks"]).to(device)
+    discriminator.eval()
+    teacher_full = bench_sampler(cfg, teacher, mask_id, teacher.config.seq_len, n)
+    rows = []
+    for nfe in cfg["distill"]["nfe"]:
+        plain = bench_sampler(cfg, student, mask_id, nfe, n)
+        guided = bench_rgas(cfg, student, discriminator, mask_id, nfe, n)
+        rows.append({"nfe": nfe, "student": plain, "rgas": guided,
+                     "speedup_vs_teacher_full": plain["tokens_per_s"] / teacher_full["tokens_per_s"],
+                     "rgas_overhead": guided["seconds"] / plain["seconds"]})
+        log.info("student NFE %d: %.3gx the teacher at NFE %d; RGAS costs %.3gx plain sampling", nfe,
+                 rows[-1]["speedup_vs_teacher_full"], teacher.config.seq_len, rows[-1]["rgas_overhead"])
+    return {"teacher_full_nfe": teacher_full, "student": rows, "student_dir": ctx.get("student_dir"),
+            "discriminator_dir": ctx.get("discriminator_dir")}
+
+
+SECTIONS = {"teacher": section_teacher, "distill": section_distill, "speedup": section_speedup}
 
 
 def run_bench(cfg: dict, tokens_dir: str | Path, tokenizer_dir: str | Path, out_dir: str | Path,
               teacher_dir: str | Path | None = None, sections: list[str] | None = None, nfe: list[int] | None = None,
-              warmup_steps: int = 3, timed_steps: int = 10) -> dict:
-    """Run the chosen sections (default: teacher, plus distill when the config has it); write the JSON files."""
+              warmup_steps: int = 3, timed_steps: int = 10, student_dir: str | Path | None = None,
+              discriminator_dir: str | Path | None = None) -> dict:
+    """Run the chosen sections (default: teacher, plus distill and speedup when the config has a distill section);
+    write the JSON files."""
     out_dir = Path(out_dir)
     device = io.default_device()
     tokenizer = data.load_pretrained_tokenizer(str(tokenizer_dir))
@@ -163,10 +221,11 @@ def run_bench(cfg: dict, tokens_dir: str | Path, tokenizer_dir: str | Path, out_
     if blocks.shape[1] != model.config.seq_len:
         raise ValueError(f"{tokens_dir}/train.npy has blocks of {blocks.shape[1]} tokens, the model "
                          f"{model.config.seq_len}")
-    sections = sections or ["teacher"] + (["distill"] if "distill" in cfg else [])
+    sections = sections or ["teacher"] + (["distill", "speedup"] if "distill" in cfg else [])
     ctx = {"model": model, "mask_id": mask_id, "blocks": blocks, "teacher_dir": str(teacher_dir) if teacher_dir
            else None, "nfe": nfe or [8, model.config.seq_len], "warmup_steps": warmup_steps,
-           "timed_steps": timed_steps}
+           "timed_steps": timed_steps, "student_dir": str(student_dir) if student_dir else None,
+           "discriminator_dir": str(discriminator_dir) if discriminator_dir else None}
     results = {"machine": machine()}
     for name in sections:
         results[name] = SECTIONS[name](cfg, ctx)
@@ -182,6 +241,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tokens", required=True, help="directory with train.npy")
     p.add_argument("--tokenizer", required=True, help="tokenizer directory")
     p.add_argument("--teacher", default=None, help="trained teacher directory (default: a fresh DiT of config size)")
+    p.add_argument("--student", default=None, help="distilled student directory for the speedup section")
+    p.add_argument("--discriminator", default=None, help="discriminator directory for the RGAS overhead")
     p.add_argument("--out-dir", required=True)
     p.add_argument("--sections", nargs="+", choices=list(SECTIONS), default=None)
     p.add_argument("--nfe", type=int, nargs="+", default=None, help="sampler NFEs to time (default: 8 and L)")
@@ -192,7 +253,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     cfg = config_mod.from_args(args)
     run_bench(cfg, args.tokens, args.tokenizer, args.out_dir, args.teacher, args.sections, args.nfe,
-              args.warmup_steps, args.timed_steps)
+              args.warmup_steps, args.timed_steps, args.student, args.discriminator)
     return 0
 
 

@@ -226,3 +226,22 @@ def test_bench_writes_training_and_sampler_sections(workspace, tmp_path):
     assert all(1 <= s["network_calls"] <= s["nfe"] + 1 for s in teacher["sampling"])
     ratio = teacher["sampling"][0]["tokens_per_s"] / teacher["sampling"][1]["tokens_per_s"]
     assert teacher["sampler_speed_ratio"] == pytest.approx(ratio)
+
+
+def test_bench_speedup_section_counts_student_and_discriminator_calls(workspace, tmp_path):
+    """Student-vs-teacher and RGAS-overhead section: structure and call counts, no timing asserted."""
+    from didi import bench, config
+
+    cfg = {**tiny_cfg(), "distill": config.load()["distill"]}
+    cfg["sampling"]["batch_size"] = 2
+    cfg["distill"]["nfe"] = [2, 4]
+    cfg["distill"]["discriminator_trainable_blocks"] = 1
+    res = bench.run_bench(cfg, workspace / "tokens", workspace / "tokenizer", tmp_path, sections=["speedup"])
+    speed = res["speedup"]
+    assert speed["teacher_full_nfe"]["nfe"] == L
+    assert [row["nfe"] for row in speed["student"]] == [2, 4]
+    for row in speed["student"]:
+        assert row["rgas"]["network_calls"] <= row["nfe"] + 1
+        assert row["rgas"]["disc_forward_calls"] > 0 and row["rgas"]["disc_backward_calls"] > 0
+        assert row["speedup_vs_teacher_full"] == pytest.approx(
+            row["student"]["tokens_per_s"] / speed["teacher_full_nfe"]["tokens_per_s"])

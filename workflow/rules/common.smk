@@ -137,3 +137,17 @@ def distill_inputs(wildcards):
     if wildcards.variant in variants_needing_teacher_pool():
         inputs["pool"] = f"{R}/samples/teacher/pool.npy"
     return inputs
+
+
+def bench_inputs(wildcards):
+    """The teacher, and the first RGAS variant's student and discriminator for the speed-up section."""
+    inputs = {
+        "tokens": f"{R}/tokens/train.npy",
+        "tokenizer": f"{R}/tokenizer",
+        "teacher": f"{R}/teacher/ema",
+    }
+    guided = config["distill"]["rgas"]["variants"]
+    if guided:
+        inputs["student"] = f"{R}/distill/{guided[0]}/student"
+        inputs["discriminator"] = f"{R}/distill/{guided[0]}/discriminator"
+    return inputs

@@ -70,9 +70,7 @@ rule figures:
 rule bench:
     """Throughput benchmarks (`snakemake bench`); not part of `all` because timings depend on the machine."""
     input:
-        tokens=f"{R}/tokens/train.npy",
-        tokenizer=rules.tokenizer.output,
-        teacher=f"{R}/teacher/ema",
+        unpack(bench_inputs),
     output:
         f"{R}/bench/bench.json",
     log:
@@ -92,6 +90,12 @@ rule bench:
         ),
         tokens=parent_of("tokens", "input"),
         out_dir=parent_of(0),
+        student=lambda wc, input: (
+            f"--student {input.student} --discriminator {input.discriminator}"
+            if "student" in input.keys()
+            else ""
+        ),
     shell:
         "OMP_NUM_THREADS={threads} didi bench --config-json {params.cfg:q} --tokens {params.tokens}"
-        " --tokenizer {input.tokenizer} --teacher {input.teacher} --out-dir {params.out_dir} > {log} 2>&1"
+        " --tokenizer {input.tokenizer} --teacher {input.teacher} {params.student}"
+        " --out-dir {params.out_dir} > {log} 2>&1"
