@@ -117,6 +117,9 @@ def lr_at(iteration: int, base_lr: float, warmup: int) -> float:
     return base_lr * min(1.0, (iteration + 1) / warmup) if warmup > 0 else base_lr
 
 
+DISCRIMINATOR_INIT = 2**31 - 1  # a key no iteration number reaches
+
+
 def iteration_seed(seed: int, *keys: int) -> int:
     """A seed for (iteration, rank, ...) so that a resumed run draws exactly what an uninterrupted one draws."""
     return int(np.random.SeedSequence([seed, *keys]).generate_state(1, dtype=np.uint64)[0] % (2**63))
@@ -192,9 +195,10 @@ class DistillState:
 
 def build_state(teacher: nn.Module, cfg_distill: dict, method: dict, schedule: LogLinearSchedule, mask_id: int,
                 seq_len: int, discriminator: nn.Module | None = None, precision: str = "float64",
-                dist: distributed.DistInfo | None = None) -> DistillState:
+                dist: distributed.DistInfo | None = None, seed: int = 0) -> DistillState:
     """Student, EMA student and (by default) discriminator initialised from the teacher's weights, explicitly,
-    AFTER the teacher was loaded (the official code copied an uninitialised network: method.md section 6)."""
+    AFTER the teacher was loaded (the official code copied an uninitialised network: method.md section 6).
+    The discriminator head (and its spectral-norm vectors) are drawn from `seed`, the same on every rank."""
     teacher.eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
@@ -207,6 +211,7 @@ def build_state(teacher: nn.Module, cfg_distill: dict, method: dict, schedule: L
     if discriminator is None:
         from didi.discriminator import Discriminator
 
+        torch.manual_seed(iteration_seed(seed, DISCRIMINATOR_INIT))
         discriminator = Discriminator.from_teacher(teacher, cfg_distill["discriminator_trainable_blocks"])
     discriminator.train()
     # weight decay 0: decay would pull the student away from the teacher it starts as
@@ -375,7 +380,8 @@ def run_distillation(teacher: nn.Module, positives, cfg_distill: dict, method: d
     # rows are read per iteration (a memory-mapped .npy stays on disk: paper-scale token files do not fit in RAM)
     positives = positives.numpy() if isinstance(positives, torch.Tensor) else positives
     seq_len = positives.shape[1]
-    state = build_state(teacher, cfg_distill, method, schedule, mask_id, seq_len, discriminator, precision, dist)
+    state = build_state(teacher, cfg_distill, method, schedule, mask_id, seq_len, discriminator, precision, dist,
+                        seed)
     tag = trajectory_hash(cfg_distill, method, seed, teacher, positives)
     ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else None
     if ckpt is not None and load_checkpoint(ckpt, state, tag):

@@ -299,6 +299,25 @@ def test_resume_gives_the_same_weights(tmp_path, variant):
                            tiny_teacher().state_dict()["blocks.1.attn_out.weight"])
 
 
+def test_same_seed_gives_the_same_run_whatever_the_global_rng():
+    """The config seed alone fixes the run: the discriminator head's init must not depend on the caller's RNG."""
+    torch.set_num_threads(1)
+    tokens = np.random.default_rng(0).integers(0, 11, size=(32, 8))
+    cfg = tiny_cfg()
+    method = config_mod.variant_method(cfg, "full")
+
+    def go(global_seed):
+        teacher = tiny_teacher()
+        torch.manual_seed(global_seed)  # whatever state earlier code left the global generator in
+        return run_distillation(teacher, tokens, {**cfg["distill"], "iterations": 2}, method, SCHED, 11, seed=3,
+                                progress=False)
+
+    a, b = go(1), go(2)
+    for x, y in [(a.student, b.student), (a.discriminator, b.discriminator)]:
+        for (name, p), q in zip(x.state_dict().items(), y.state_dict().values()):
+            assert torch.equal(p, q), name
+
+
 def make_tokenizer(out_dir, n_words=10):
     """A word-level tokenizer of n_words + [PAD] tokens, saved as an AutoTokenizer-loadable directory."""
     from tokenizers import Tokenizer, models, pre_tokenizers

@@ -14,7 +14,7 @@ rule corpus:
         ENVS
     threads: 1
     resources:
-        mem_mb=4000,
+        mem_mb=config["resources"]["mem_mb"],
         runtime=runtime("light"),
     params:
         cfg=cfg_json("seed", "corpus"),
@@ -36,7 +36,7 @@ rule tokenizer:
         ENVS
     threads: 1
     resources:
-        mem_mb=4000,
+        mem_mb=config["resources"]["mem_mb"],
         runtime=runtime("light"),
     params:
         cfg=cfg_json("seed", "tokenizer"),
@@ -59,9 +59,9 @@ rule tokenize:
         f"{R}/benchmarks/tokenize_{{split}}.tsv"
     conda:
         ENVS
-    threads: 1
+    threads: config["data"]["num_proc"]
     resources:
-        mem_mb=4000,
+        mem_mb=config["resources"]["mem_mb"],
         runtime=runtime("light"),
     params:
         cfg=cfg_json("data"),

@@ -45,7 +45,7 @@ rule reference:
         ENVS
     threads: 1
     resources:
-        mem_mb=4000,
+        mem_mb=config["resources"]["mem_mb"],
         runtime=runtime("evaluate"),
         gpu=config["resources"]["sample_gpu"],
     params:
@@ -76,7 +76,7 @@ rule evaluate:
         ENVS
     threads: 1
     resources:
-        mem_mb=4000,
+        mem_mb=config["resources"]["mem_mb"],
         runtime=runtime("evaluate"),
         gpu=config["resources"]["sample_gpu"],
     params:

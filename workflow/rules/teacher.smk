@@ -47,7 +47,7 @@ rule sample:
         ENVS
     threads: 1
     resources:
-        mem_mb=4000,
+        mem_mb=config["resources"]["mem_mb"],
         runtime=runtime("sample"),
         gpu=config["resources"]["sample_gpu"],
     params:
@@ -87,7 +87,7 @@ rule teacher_pool:
         ENVS
     threads: 1
     resources:
-        mem_mb=4000,
+        mem_mb=config["resources"]["mem_mb"],
         runtime=runtime("sample"),
         gpu=config["resources"]["sample_gpu"],
     params:
