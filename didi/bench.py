@@ -52,6 +52,24 @@ def machine() -> dict:
     }
 
 
+# Dense bf16 peak FLOP/s of accelerators we know (model FLOPs utilisation = achieved / peak); --peak-tflops overrides.
+PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "A10": 125.0}
+
+
+def training_flops_per_token(model: torch.nn.Module) -> float:
+    """6 N per token for the matmul parameters (the input embedding is a lookup, not a matmul) plus the attention
+    score/value matmuls, 12 * layers * d * L (the PaLM appendix count)."""
+    c = model.config
+    matmul_params = sum(p.numel() for p in model.parameters()) - model.embed.weight.numel()
+    return 6.0 * matmul_params + 12.0 * c.layers * c.hidden * c.seq_len
+
+
+def peak_tflops(device_name: str, override: float | None) -> float | None:
+    if override:
+        return override
+    return next((v for k, v in PEAK_BF16_TFLOPS.items() if k in device_name.upper()), None)
+
+
 def build_teacher(cfg: dict, vocab: int, teacher_dir: str | Path | None, device: torch.device):
     """The trained teacher when given (sampling speed depends on what it predicts, through the cache), else a
     freshly initialised DiT of the config's size."""
@@ -124,7 +142,15 @@ def bench_sampler(cfg: dict, model: torch.nn.Module, mask_id: int, nfe: int, num
 def section_teacher(cfg: dict, ctx: dict) -> dict:
     model, mask_id = ctx["model"], ctx["mask_id"]
     training = bench_training(cfg, model, ctx["blocks"], mask_id, ctx["warmup_steps"], ctx["timed_steps"])
-    log.info("teacher training: %.4g tokens/s (%.3g steps/s)", training["tokens_per_s"], training["steps_per_s"])
+    flops = training_flops_per_token(model)
+    peak = peak_tflops(machine()["device_name"], ctx.get("peak_tflops"))
+    training["model_flops_per_token"] = flops
+    training["achieved_tflops"] = training["tokens_per_s"] * flops / 1e12
+    training["peak_tflops"] = peak
+    training["mfu"] = training["achieved_tflops"] / peak if peak else None
+    log.info("teacher training: %.4g tokens/s (%.3g steps/s), %.3g TFLOP/s achieved%s", training["tokens_per_s"],
+             training["steps_per_s"], training["achieved_tflops"],
+             f", MFU {training['mfu']:.1%} of {peak:g}" if peak else " (no peak known for this device: MFU not given)")
     sampling = []
     for nfe in ctx["nfe"]:
         sampling.append(bench_sampler(cfg, model, mask_id, nfe, cfg["sampling"]["batch_size"]))
@@ -209,7 +235,7 @@ SECTIONS = {"teacher": section_teacher, "distill": section_distill, "speedup": s
 def run_bench(cfg: dict, tokens_dir: str | Path, tokenizer_dir: str | Path, out_dir: str | Path,
               teacher_dir: str | Path | None = None, sections: list[str] | None = None, nfe: list[int] | None = None,
               warmup_steps: int = 3, timed_steps: int = 10, student_dir: str | Path | None = None,
-              discriminator_dir: str | Path | None = None) -> dict:
+              discriminator_dir: str | Path | None = None, peak: float | None = None) -> dict:
     """Run the chosen sections (default: teacher, plus distill and speedup when the config has a distill section);
     write the JSON files."""
     out_dir = Path(out_dir)
@@ -225,7 +251,7 @@ def run_bench(cfg: dict, tokens_dir: str | Path, tokenizer_dir: str | Path, out_
     ctx = {"model": model, "mask_id": mask_id, "blocks": blocks, "teacher_dir": str(teacher_dir) if teacher_dir
            else None, "nfe": nfe or [8, model.config.seq_len], "warmup_steps": warmup_steps,
            "timed_steps": timed_steps, "student_dir": str(student_dir) if student_dir else None,
-           "discriminator_dir": str(discriminator_dir) if discriminator_dir else None}
+           "discriminator_dir": str(discriminator_dir) if discriminator_dir else None, "peak_tflops": peak}
     results = {"machine": machine()}
     for name in sections:
         results[name] = SECTIONS[name](cfg, ctx)
@@ -246,6 +272,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out-dir", required=True)
     p.add_argument("--sections", nargs="+", choices=list(SECTIONS), default=None)
     p.add_argument("--nfe", type=int, nargs="+", default=None, help="sampler NFEs to time (default: 8 and L)")
+    p.add_argument("--peak-tflops", type=float, default=None, help="device peak for MFU (default: known GPUs)")
     p.add_argument("--warmup-steps", type=int, default=3)
     p.add_argument("--timed-steps", type=int, default=10)
 
@@ -253,7 +280,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     cfg = config_mod.from_args(args)
     run_bench(cfg, args.tokens, args.tokenizer, args.out_dir, args.teacher, args.sections, args.nfe,
-              args.warmup_steps, args.timed_steps, args.student, args.discriminator)
+              args.warmup_steps, args.timed_steps, args.student, args.discriminator, args.peak_tflops)
     return 0
 
 

@@ -11,7 +11,6 @@ import copy
 import json
 import re
 from pathlib import Path
-from typing import Any
 
 import jsonschema
 import yaml

@@ -8,6 +8,17 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 
 
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Tests run single-threaded: deterministic reductions, and CI's 2 cores stay free for workflow subprocesses."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def repo() -> Path:
     return REPO

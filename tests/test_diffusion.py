@@ -209,7 +209,6 @@ def shuffled_world_batch(reps, gen):
 
 @pytest.mark.parametrize("antithetic", [True, False])
 def test_mdlm_loss_monte_carlo_converges_to_the_exact_bound(antithetic):
-    torch.set_num_threads(1)
     schedule, t_min = LogLinearSchedule(eps=1e-3), 1e-3
     probs = random_table(2)
     # t ~ U[t_min, 1]: the estimator's mean is the integral over [t_min, 1] / (1 - t_min), per token
@@ -345,7 +344,6 @@ N_SAMPLES = 100_000
     (4, "float32", False, 1e-5),     # no tail to truncate in a 3-symbol world: matches too
 ])
 def test_sampler_matches_enumeration(q, K, precision, cache, t_end):
-    torch.set_num_threads(1)
     probs, calls = posterior_table(q), []
     result = sample(table_model(probs, calls), N_SAMPLES, L, K, LogLinearSchedule(), MASK,
                     torch.Generator().manual_seed(K), precision=precision, cache=cache, t_end=t_end)
@@ -416,7 +414,6 @@ def test_float64_sampling_keeps_the_tail_float32_truncates_it():
     exceeds 2^-24 / 1.1e-8 = 5.5 (prob. e^-5.5) AND the tail token's noise hits the cap: about 2% of the true
     rate. With 6144 draws float64 expects 8.7 tail draws and float32 0.2; the bounds below fail by chance with
     probability ~0.5% (Poisson tails), and fail surely if float64 truncated or float32 did not."""
-    torch.set_num_threads(1)
     tail_size, p_tail = 2**17, 2.0**-24 / 5.5
     tau = tail_size * p_tail
     probs = torch.full((tail_size + 1,), p_tail, dtype=torch.float64)

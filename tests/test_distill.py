@@ -120,7 +120,6 @@ def test_distillation_lowers_the_exact_two_step_kl():
     """Toy world (V = 3, L = 4, a Potts chain): a perfectly fitted teacher sampled in K = 2 steps is far from the
     data. Distilling it (full method, tabular student + tabular discriminator) must lower the exact REVERSE
     KL(student 2-step || data) - what the method minimises - well below the teacher's, and the forward KL too."""
-    torch.set_num_threads(1)
     world = ToyWorld(V=3, L=4)
     q = potts_chain(world, 2.0, (0.6, 0.0, -0.3))
     teacher = Table(world, world.posterior_logits(q))
@@ -276,7 +275,6 @@ def test_student_ema_and_discriminator_start_from_the_teacher():
 @pytest.mark.parametrize("variant", ["full", "baseline"])
 def test_resume_gives_the_same_weights(tmp_path, variant):
     """4 iterations straight == 2 iterations, stop, then resume to 4 (dropout on, so its seeding is tested too)."""
-    torch.set_num_threads(1)
     tokens = np.random.default_rng(0).integers(0, 11, size=(32, 8))
     cfg = tiny_cfg()
     method = config_mod.variant_method(cfg, variant)
@@ -301,7 +299,6 @@ def test_resume_gives_the_same_weights(tmp_path, variant):
 
 def test_same_seed_gives_the_same_run_whatever_the_global_rng():
     """The config seed alone fixes the run: the discriminator head's init must not depend on the caller's RNG."""
-    torch.set_num_threads(1)
     tokens = np.random.default_rng(0).integers(0, 11, size=(32, 8))
     cfg = tiny_cfg()
     method = config_mod.variant_method(cfg, "full")
@@ -334,7 +331,6 @@ def test_distill_command_writes_loadable_outputs(tmp_path):
     from didi.discriminator import load_discriminator
     from didi.model import load_dit, save_dit
 
-    torch.set_num_threads(1)
     make_tokenizer(tmp_path / "tok")  # 11 ids -> [MASK] = 11, model vocab 12
     save_dit(tmp_path / "teacher", tiny_teacher())
     np.save(tmp_path / "train.npy", np.random.default_rng(0).integers(0, 11, size=(16, 8)).astype(np.uint16))
@@ -357,7 +353,6 @@ def test_distill_command_writes_loadable_outputs(tmp_path):
 
 
 def test_a_checkpoint_of_another_teacher_is_not_resumed(tmp_path):
-    torch.set_num_threads(1)
     tokens = np.random.default_rng(0).integers(0, 11, size=(32, 8))
     cfg = tiny_cfg()
     method = config_mod.variant_method(cfg, "full")
@@ -377,7 +372,6 @@ def test_a_checkpoint_of_another_teacher_is_not_resumed(tmp_path):
 def test_benchmark_distill_reports_a_rate_and_leaves_the_teacher_alone():
     from didi.distill import benchmark_distill
 
-    torch.set_num_threads(1)
     teacher = tiny_teacher()
     for p in teacher.parameters():
         p.requires_grad_(True)

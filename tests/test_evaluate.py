@@ -9,7 +9,6 @@ import torch
 
 from didi import evaluate
 
-torch.set_num_threads(1)
 
 EOS = "<|endoftext|>"
 CHARS = "abcdefgh "

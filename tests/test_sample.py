@@ -13,14 +13,6 @@ from test_train import L, make_tokenizer  # the same 42-id word-level tokenizer 
 MASK = 42
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
     root = tmp_path_factory.mktemp("sample")

@@ -126,10 +126,9 @@ def test_slurm_resources_reach_sbatch(tmp_path):
 
 def deterministic_outputs(results: Path) -> dict[str, str]:
     """Checksums of the outputs that depend only on the config and seed (no timings, no provenance): the corpus
-    split, token blocks, teacher weights and teacher samples. (Distillation outputs join this list once two local
-    distillation runs agree bit for bit; today the discriminator head's initialisation is not seeded.)"""
+    split, token blocks, teacher weights, distilled students and discriminators, and every sample file."""
     files = [*sorted(results.glob("tokens/*.npy")), *sorted(results.glob("teacher/*/model.safetensors")),
-             *sorted(results.glob("samples/teacher/*.npy"))]
+             *sorted(results.glob("distill/*/*/model.safetensors")), *sorted(results.glob("samples/*/*.npy"))]
     out = {str(p.relative_to(results)): sha256(p) for p in files}
     stats = json.loads((results / "corpus" / "stats.json").read_text())
     out["corpus/stats.json"] = json.dumps({k: v for k, v in stats.items() if k != "provenance"}, sort_keys=True)
@@ -139,8 +138,8 @@ def deterministic_outputs(results: Path) -> dict[str, str]:
 @pytest.mark.slurm
 @pytest.mark.slow
 def test_smoke_workflow_through_slurm(smoke_run, tmp_path):
-    """The whole smoke DAG submitted job by job with sbatch gives the same corpus split, token blocks, teacher weights
-    and teacher samples, bit for bit, as the local run of the same config."""
+    """The whole smoke DAG submitted job by job with sbatch gives the same corpus split, token blocks, teacher and
+    student weights and samples, bit for bit, as the local run of the same config."""
     require_slurm()
     results = tmp_path / "results"
     workdir = tmp_path / "work"  # .snakemake/ (locks, slurm_logs) of this run, apart from the repo's

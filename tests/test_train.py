@@ -75,14 +75,6 @@ def assert_same_weights(a: dict, b: dict, atol: float = 0.0):
         torch.testing.assert_close(a[k], b[k], atol=atol, rtol=0.0, msg=k)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # ---------------------------------------------------------------------------------------------- pieces
 def test_block_sampler_is_a_function_of_seed_and_step_and_covers_each_epoch():
     n, batch = 10, 4
@@ -226,6 +218,17 @@ def test_bench_writes_training_and_sampler_sections(workspace, tmp_path):
     assert all(1 <= s["network_calls"] <= s["nfe"] + 1 for s in teacher["sampling"])
     ratio = teacher["sampling"][0]["tokens_per_s"] / teacher["sampling"][1]["tokens_per_s"]
     assert teacher["sampler_speed_ratio"] == pytest.approx(ratio)
+    assert teacher["training"]["mfu"] is None  # a CPU has no known peak
+
+
+def test_training_flops_per_token_counts_matmuls_and_attention():
+    from didi import bench
+    from didi.model import DiT, DiTConfig
+
+    model = DiT(DiTConfig(50, 16, hidden=32, layers=2, heads=2, cond_dim=8))
+    matmul = sum(p.numel() for p in model.parameters()) - 50 * 32
+    assert bench.training_flops_per_token(model) == 6 * matmul + 12 * 2 * 32 * 16
+    assert bench.peak_tflops("NVIDIA H100 80GB HBM3", None) == 989.0 and bench.peak_tflops("x86_64", 2.0) == 2.0
 
 
 def test_bench_speedup_section_counts_student_and_discriminator_calls(workspace, tmp_path):
