@@ -16,6 +16,8 @@ One iteration (`distill_step`):
 The core (`build_state`, `distill_step`, `run_distillation`) works on any denoiser module
 `model(z [B,L], sigma [B]) -> logits [B,L,V+1]` and any discriminator `D(z, sigma) -> [B,L]`, so tests can run it
 on a toy world whose answers are known exactly. `didi distill` wires it to files, checkpoints and DDP.
+DDP: every draw of a row comes from its global group's generator (seed, iteration, group) and masked-position means
+use counts summed over ranks, so N ranks reproduce one process on the same global batch (with dropout 0).
 """
 
 from __future__ import annotations
@@ -81,13 +83,16 @@ def grouped_advantages(rewards: torch.Tensor, group_size: int, clip: float) -> t
     return a.clamp(-clip, clip).view(-1)
 
 
-def smoothed_bce(logits_real, mask_real, logits_fake, mask_fake, smoothing: float) -> torch.Tensor:
-    """Balanced BCE on masked positions: real targets 1 - s, student targets s; each side averaged on its own."""
+def smoothed_bce(logits_real, mask_real, logits_fake, mask_fake, smoothing: float, counts=None) -> torch.Tensor:
+    """Balanced BCE on masked positions: real targets 1 - s, student targets s; each side averaged on its own.
+    counts: (real, fake) divisors in place of this batch's masked counts (DDP: the global counts / world size),
+    each at least 1 / world size (no masked position: a loss of 0)."""
     bce = F.binary_cross_entropy_with_logits
     bce_real = bce(logits_real, torch.full_like(logits_real, 1.0 - smoothing), reduction="none")
     bce_fake = bce(logits_fake, torch.full_like(logits_fake, smoothing), reduction="none")
-    real = (bce_real * mask_real).sum() / mask_real.sum().clamp(min=1)
-    fake = (bce_fake * mask_fake).sum() / mask_fake.sum().clamp(min=1)
+    n_real, n_fake = counts if counts is not None else (mask_real.sum().clamp(min=1), mask_fake.sum().clamp(min=1))
+    real = (bce_real * mask_real).sum() / n_real
+    fake = (bce_fake * mask_fake).sum() / n_fake
     return 0.5 * (real + fake)
 
 
@@ -121,13 +126,46 @@ DISCRIMINATOR_INIT = 2**31 - 1  # a key no iteration number reaches
 
 
 def iteration_seed(seed: int, *keys: int) -> int:
-    """A seed for (iteration, rank, ...) so that a resumed run draws exactly what an uninterrupted one draws."""
+    """A seed for (iteration, group, ...) so that a resumed run draws exactly what an uninterrupted one draws."""
     return int(np.random.SeedSequence([seed, *keys]).generate_state(1, dtype=np.uint64)[0] % (2**63))
+
+
+GROUP_NOISE = 1  # iteration_seed(seed, it, GROUP_NOISE, g): the draws of global group g at iteration it
+
+
+def group_generators(seed: int, iteration: int, groups: range, device) -> list[torch.Generator]:
+    """One generator per group (prompt) of the GLOBAL batch, seeded by (seed, iteration, global group index): every
+    draw of a row is then the same whichever rank holds it, so N ranks reproduce one process on the same batch."""
+    return [torch.Generator(device=device).manual_seed(iteration_seed(seed, iteration, GROUP_NOISE, g))
+            for g in groups]
+
+
+def draw_rows(generator, n: int, draw: Callable) -> torch.Tensor:
+    """draw(gen, rows: slice) -> tensor for those rows, for n rows. `generator` is one generator for all rows, or a
+    list with one per group of n / len(list) consecutive rows (each group drawn from its own generator)."""
+    if isinstance(generator, torch.Generator):
+        return draw(generator, slice(0, n))
+    per = n // len(generator)
+    if per * len(generator) != n:
+        raise ValueError(f"{n} rows do not split into {len(generator)} equal groups")
+    return torch.cat([draw(g, slice(i * per, (i + 1) * per)) for i, g in enumerate(generator)])
+
+
+def draw_tau(n: int, distribution: str, clip, generator, device):
+    """sample_tau for n rows, per group when given one generator per group (see draw_rows)."""
+    both = draw_rows(generator, n, lambda g, r: torch.stack(
+        sample_tau(r.stop - r.start, distribution, clip, g, device), dim=1))
+    return both[:, 0], both[:, 1]
+
+
+def global_sum(x: torch.Tensor, dist: distributed.DistInfo) -> torch.Tensor:
+    """Sum over ranks of a (non-differentiated) tensor; the tensor itself for one process."""
+    return distributed.all_reduce_mean(x.detach().double()) * dist.world_size if dist.enabled else x.detach().double()
 
 
 # ---------------------------------------------------------------------------------------------- the rollout
 def student_step(student: nn.Module, z: torch.Tensor, t: torch.Tensor, alpha_next: torch.Tensor,
-                 schedule: LogLinearSchedule, mask_id: int, generator: torch.Generator, single_pass: bool,
+                 schedule: LogLinearSchedule, mask_id: int, generator, single_pass: bool,
                  precision: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One ancestral step t -> s of the student, with the log-probability of what it drew.
 
@@ -136,6 +174,7 @@ def student_step(student: nn.Module, z: torch.Tensor, t: torch.Tensor, alpha_nex
     ell = sum over newly revealed positions of log p(token | z_t), differentiable. `single_pass` draws the sample
     from the same forward pass that the gradient goes through (on-policy); otherwise the sample is drawn from a
     separate no-grad pass and the log-prob recomputed (the official code's way; differs under dropout).
+    `generator`: one generator, or one per group of rows (draw_rows).
     """
     sigma = schedule.sigma(t)
     if single_pass:
@@ -148,8 +187,11 @@ def student_step(student: nn.Module, z: torch.Tensor, t: torch.Tensor, alpha_nex
     alpha_t = schedule.alpha(t)
     reveal_prob = ((alpha_next - alpha_t) / (1.0 - alpha_t)).clamp(0.0, 1.0)
     masked = z == mask_id
-    reveal = masked & (torch.rand(z.shape, generator=generator, device=z.device) < reveal_prob[:, None])
-    tokens = sample_categorical(draw_from.exp(), generator, precision)
+    n = z.shape[0]
+    uniforms = draw_rows(generator, n, lambda g, r: torch.rand(z[r].shape, generator=g, device=z.device))
+    reveal = masked & (uniforms < reveal_prob[:, None])
+    probs = draw_from.exp()
+    tokens = draw_rows(generator, n, lambda g, r: sample_categorical(probs[r], g, precision))
     z_next = torch.where(reveal, tokens, z)
     token_lp = log_probs.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)  # tokens < mask_id: drawn over real ids
     ell = torch.where(reveal, token_lp, 0.0).sum(dim=1)
@@ -237,9 +279,13 @@ def update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
         e.copy_(b)
 
 
-def distill_step(state: DistillState, positives: torch.Tensor, generator: torch.Generator) -> dict:
+def distill_step(state: DistillState, positives: torch.Tensor, generator) -> dict:
     """One DiDi-Instruct iteration on this rank's rows. positives [b, L]: the positive rows (b prompts), each is
-    repeated G times. Returns float statistics (this rank's)."""
+    repeated G times. generator: one torch.Generator, or a list of b (one per prompt = group: group_generators).
+
+    Under DDP every loss is this rank's share of the GLOBAL loss (masked-position means divide by the count summed
+    over ranks, times world size), so the gradients averaged over ranks are those of one process with all rows.
+    Returns float statistics whose mean over ranks is the global value."""
     cfg, method, sched, mask_id = state.cfg, state.method, state.schedule, state.mask_id
     G = cfg["group_size"]
     device = positives.device
@@ -250,26 +296,33 @@ def distill_step(state: DistillState, positives: torch.Tensor, generator: torch.
             group["lr"] = lr_at(state.iteration, base, cfg["warmup_steps"])
 
     # 2-3. time and student rollout
-    tau, pi = sample_tau(rows, method["tau_distribution"], cfg["tau_clip"], generator, device)
+    tau, pi = draw_tau(rows, method["tau_distribution"], cfg["tau_clip"], generator, device)
     roll = rollout(state.student, rows, state.seq_len, tau, sched, mask_id, method, cfg["t0"], generator,
                    state.precision, device)
     x_fake = roll["x"]
 
     # 4. corruption: student samples at alpha(tau); positives at the same alpha (coupled) or their own time
-    z_fake = corrupt(x_fake, sched.alpha(tau), mask_id, generator)
+    alpha_fake = sched.alpha(tau)
+    z_fake = draw_rows(generator, rows, lambda g, r: corrupt(x_fake[r], alpha_fake[r], mask_id, g))
     if method["coupled_time"]:
         tau_real = tau
     else:
-        tau_real = sample_tau(rows, method["tau_distribution"], cfg["tau_clip"], generator, device)[0]
-    z_real = corrupt(real, sched.alpha(tau_real), mask_id, generator)
+        tau_real = draw_tau(rows, method["tau_distribution"], cfg["tau_clip"], generator, device)[0]
+    alpha_real = sched.alpha(tau_real)
+    z_real = draw_rows(generator, rows, lambda g, r: corrupt(real[r], alpha_real[r], mask_id, g))
     mask_fake, mask_real = z_fake == mask_id, z_real == mask_id
+    # means over masked positions of the global batch: counts summed over ranks (world x share, see docstring)
+    world = state.dist.world_size
+    n_real = global_sum(mask_real.sum(), state.dist).clamp(min=1)
+    n_fake = global_sum(mask_fake.sum(), state.dist).clamp(min=1)
 
     # 5. one discriminator step
     D = state.discriminator
     D.train()
     logits_real = D(z_real, sched.sigma(tau_real))
     logits_fake = D(z_fake, sched.sigma(tau))
-    d_loss = smoothed_bce(logits_real, mask_real.float(), logits_fake, mask_fake.float(), cfg["label_smoothing"])
+    d_loss = smoothed_bce(logits_real, mask_real.float(), logits_fake, mask_fake.float(), cfg["label_smoothing"],
+                          counts=((n_real / world).float(), (n_fake / world).float()))
     state.opt_disc.zero_grad(set_to_none=True)
     d_loss.backward()
     d_params = [p for p in D.parameters() if p.requires_grad]
@@ -278,7 +331,7 @@ def distill_step(state: DistillState, positives: torch.Tensor, generator: torch.
     state.opt_disc.step()
     with torch.no_grad():
         correct = ((logits_real > 0) & mask_real).sum() + ((logits_fake < 0) & mask_fake).sum()
-        d_acc = correct.float() / (mask_real.sum() + mask_fake.sum()).clamp(min=1)
+        d_acc = world * correct.double() / (n_real + n_fake)
 
     # 6. reward from the just-updated discriminator (eval mode: no dropout, spectral norm uses its stored vectors)
     with torch.no_grad():
@@ -298,7 +351,7 @@ def distill_step(state: DistillState, positives: torch.Tensor, generator: torch.
     entropy = torch.zeros((), device=device)
     for z, t, student_lp in roll["states"]:
         masked = z == mask_id  # where() rather than multiply: outputs at unmasked positions are irrelevant, maybe inf
-        count = masked.sum().clamp(min=1)
+        count = (global_sum(masked.sum(), state.dist).clamp(min=1) / world).to(student_lp.dtype)
         if method["kl_coef"] > 0:
             with torch.no_grad():
                 teacher_lp = real_log_probs(state.teacher(z, sched.sigma(t)), mask_id)
@@ -367,6 +420,18 @@ def load_checkpoint(ckpt_dir: Path, state: DistillState, tag: str) -> bool:
 
 
 # ---------------------------------------------------------------------------------------------- the loop
+def check_replicas_identical(state: DistillState) -> None:
+    """DDP must leave every rank with bit-identical student, EMA and discriminator: compare exact float64 sums."""
+    modules = (state.student, state.student_ema, state.discriminator)
+    sums = torch.stack([t.detach().double().sum() for m in modules for t in m.state_dict().values()]).cpu()
+    gathered = [None] * state.dist.world_size
+    torch.distributed.all_gather_object(gathered, sums)
+    if any(not torch.equal(g, gathered[0]) for g in gathered):
+        raise RuntimeError("DDP ranks ended with different distillation weights")
+    if state.dist.is_main:
+        log.info("weights identical on all %d ranks", state.dist.world_size)
+
+
 def run_distillation(teacher: nn.Module, positives, cfg_distill: dict, method: dict, schedule: LogLinearSchedule,
                      mask_id: int, seed: int, device="cpu", discriminator: nn.Module | None = None,
                      precision: str = "float64", checkpoint_dir: str | Path | None = None,
@@ -393,10 +458,12 @@ def run_distillation(teacher: nn.Module, positives, cfg_distill: dict, method: d
     dev = torch.device(device)
     while state.iteration < total:
         it = state.iteration
-        # the same rows on every rank (then sliced); rank-specific draws for everything else; dropout seeded too
+        # the same rows on every rank (then sliced), and one generator per global group (prompt): a row's draws do
+        # not depend on the number of ranks. Dropout masks are drawn per rank (seeded, but a 2-rank run matches a
+        # 1-rank one only with dropout 0, as for the teacher).
         shared = torch.Generator().manual_seed(iteration_seed(seed, it))
         idx = torch.randint(positives.shape[0], (B,), generator=shared)[mine]
-        gen = torch.Generator(device=dev).manual_seed(iteration_seed(seed, it, dist.rank))
+        gen = group_generators(seed, it, range(mine.start, mine.stop), dev)
         torch.manual_seed(iteration_seed(seed, it, dist.rank, 1))
         rows = torch.as_tensor(np.asarray(positives[idx.numpy()]).astype(np.int64))
         stats = distill_step(state, rows.to(dev), gen)
@@ -409,6 +476,8 @@ def run_distillation(teacher: nn.Module, positives, cfg_distill: dict, method: d
             if dist.is_main:
                 save_checkpoint(ckpt, state, tag)
             distributed.barrier()
+    if dist.enabled:
+        check_replicas_identical(state)
     state.history["seconds_this_run"] = [bar.elapsed()]
     state.history["iterations_this_run"] = [bar.total - bar.start_step]
     return state
@@ -456,6 +525,8 @@ def run(args: argparse.Namespace) -> int:
     cfg_distill = cfg["distill"]
     method = config_mod.variant_method(cfg, args.variant)
     info = distributed.init()
+    if not info.is_main:
+        logging.getLogger("didi").setLevel(logging.WARNING)  # one log, rank 0's; other ranks report only problems
     out = Path(args.out_dir)
     teacher, teacher_cfg = load_dit(args.teacher, info.device)
     mask_id = mask_id_of(args.tokenizer)

@@ -3,6 +3,9 @@
 import itertools
 import json
 import math
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -243,11 +246,11 @@ def test_divergences():
 
 
 # ---------------------------------------------------------------------------------------------- the real network
-def tiny_teacher(vocab=12, seq_len=8, seed=0):
+def tiny_teacher(vocab=12, seq_len=8, seed=0, dropout=0.1):
     from didi.model import DiT, DiTConfig
 
     torch.manual_seed(seed)
-    model = DiT(DiTConfig(vocab, seq_len, hidden=16, layers=2, heads=2, cond_dim=8, dropout=0.1))
+    model = DiT(DiTConfig(vocab, seq_len, hidden=16, layers=2, heads=2, cond_dim=8, dropout=dropout))
     with torch.no_grad():  # a "trained" teacher: adaLN and output layer away from their zero init
         for p in model.parameters():
             p.add_(0.1 * torch.randn_like(p))
@@ -381,3 +384,71 @@ def test_benchmark_distill_reports_a_rate_and_leaves_the_teacher_alone():
     assert result["iterations_per_s"] > 0 and result["iterations"] == 2
     assert all(p.requires_grad for p in teacher.parameters())
     assert all(torch.equal(before[k], v) for k, v in teacher.state_dict().items())
+
+
+def test_a_groups_draws_do_not_depend_on_how_the_batch_is_split():
+    """One generator per global group: rolling out 4 groups at once = rolling out 2 + 2 (as two ranks would)."""
+    from didi.distill import group_generators
+
+    student = tiny_teacher(dropout=0.0)
+    method = config_mod.variant_method(tiny_cfg(), "full")
+    tau = torch.tensor([0.3, 0.3, 0.6, 0.6, 0.2, 0.2, 0.9, 0.9])
+    whole = rollout(student, 8, 8, tau, SCHED, 11, method, 1e-3, group_generators(5, 7, range(0, 4), "cpu"),
+                    "float64", "cpu")
+    halves = [rollout(student, 4, 8, tau[4 * r:4 * r + 4], SCHED, 11, method, 1e-3,
+                      group_generators(5, 7, range(2 * r, 2 * r + 2), "cpu"), "float64", "cpu") for r in (0, 1)]
+    assert torch.equal(whole["x"], torch.cat([h["x"] for h in halves]))
+    torch.testing.assert_close(whole["logp"], torch.cat([h["logp"] for h in halves]), rtol=1e-5, atol=1e-5)
+    assert (whole["x"] < 11).all() and len(set(map(tuple, whole["x"].tolist()))) > 1  # not one repeated draw
+
+
+def _safetensors(path):
+    from safetensors.torch import load_file
+
+    return {k: v for f in sorted(path.glob("*.safetensors")) for k, v in load_file(f).items()}
+
+
+def test_two_ddp_processes_match_one_process(tmp_path):
+    """torchrun (gloo, CPU): 2 processes with one group each vs 1 process with both, same global batch of 2 prompts.
+    Dropout 0 in the teacher (so in student and discriminator): dropout masks are drawn per rank, by design."""
+    from didi.model import save_dit
+
+    make_tokenizer(tmp_path / "tok")
+    save_dit(tmp_path / "teacher", tiny_teacher(dropout=0.0))
+    np.save(tmp_path / "train.npy", np.random.default_rng(0).integers(0, 11, size=(16, 8)).astype(np.uint16))
+    cfg = tiny_cfg(iterations=3, checkpoint_every=2)
+    # exercise every draw site: uncoupled times (a second tau and its own corruption), beta tau, KL + entropy terms
+    cfg["distill"]["variants"]["ddp"] = {"tau_distribution": "beta22", "importance_weight": True,
+                                         "coupled_time": False, "kl_coef": 0.5, "entropy_coef": 0.01}
+    bin_dir = os.path.dirname(sys.executable)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PATH": bin_dir + os.pathsep + os.environ.get("PATH", "")}
+
+    def launch(nproc, out):
+        proc = subprocess.run(
+            [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc), "-m",
+             "didi.cli", "distill", "--config-json", json.dumps(cfg), "--teacher", str(tmp_path / "teacher"),
+             "--tokens", str(tmp_path / "train.npy"), "--tokenizer", str(tmp_path / "tok"), "--variant", "ddp",
+             "--out-dir", str(out)], env=env, capture_output=True, text=True, timeout=240)
+        assert proc.returncode == 0, proc.stderr[-4000:]
+        return proc.stderr
+
+    launch(1, tmp_path / "one")
+    log_two = launch(2, tmp_path / "two")
+    assert "weights identical on all 2 ranks" in log_two  # all-gathered sums of student, EMA and discriminator
+    for kind in ("student", "student_raw", "discriminator"):
+        one, two = _safetensors(tmp_path / "one" / kind), _safetensors(tmp_path / "two" / kind)
+        assert one.keys() == two.keys() and one
+        for k in one:
+            torch.testing.assert_close(two[k], one[k], rtol=1e-5, atol=1e-5, msg=f"{kind}/{k}")
+    one = json.loads((tmp_path / "one" / "metrics.json").read_text())
+    two = json.loads((tmp_path / "two" / "metrics.json").read_text())
+    assert one["world_size"] == 1 and two["world_size"] == 2
+    for key, curve in one["history"].items():  # global statistics, not rank 0's
+        np.testing.assert_allclose(two["history"][key], curve, rtol=1e-4, atol=1e-6, err_msg=key)
+    # the student moved (the comparison is not between two copies of the teacher)
+    teacher = _safetensors(tmp_path / "teacher")
+    assert any(not torch.allclose(v, teacher[k]) for k, v in _safetensors(tmp_path / "two" / "student_raw").items()
+               if k in teacher)
+    # rank 0 alone wrote, and logged each event once
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == sorted(p.name for p in (tmp_path / "one").iterdir())
+    assert log_two.count("distill 3/3") == 1 and log_two.count("variant ddp") == 1
