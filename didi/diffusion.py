@@ -109,23 +109,29 @@ def subs_log_probs(logits: torch.Tensor, z: torch.Tensor, mask_id: int, temperat
 
 # ---------------------------------------------------------------------------------------------- ELBO
 def mdlm_loss(model_fn, x: torch.Tensor, schedule: LogLinearSchedule, mask_id: int,
-              generator: torch.Generator | None, t_min: float = 1e-3, antithetic: bool = True):
+              generator: torch.Generator | None, t_min: float = 1e-3, antithetic: bool = True,
+              rows: slice = slice(None)):
     """MDLM continuous-time ELBO, per token: E_t E_z [ omega(t) sum_{l masked} -log p(x_l | z_t) ] / L,
     t ~ U[t_min, 1] (antithetic: one stratified draw per row across the batch), averaged over the B x L tokens.
 
+    `rows`: t and the masks are drawn for the whole batch x, then only these rows are evaluated (the loss is the
+    per-token mean over them). A DDP rank passes its share of the global batch, so a row's noise does not depend
+    on how the batch is split and the mean over ranks is the one-process loss.
+
     Returns (loss tensor with grad, {"nll_bound": float, "masked_fraction": float})."""
-    B, L = x.shape
+    B = x.shape[0]
     u = _uniform((B,), generator, x.device)
     if antithetic:  # row i gets t in the i-th of B equal strata: lower variance, same expectation
         u = (u / B + torch.arange(B, device=x.device, dtype=torch.float64) / B) % 1.0
     t = t_min + (1 - t_min) * u
-    z = corrupt(x, schedule.alpha(t), mask_id, generator)
+    z = corrupt(x, schedule.alpha(t), mask_id, generator)[rows]
+    x, t = x[rows], t[rows]
     log_p = subs_log_probs(model_fn(z, schedule.sigma(t).float()), z, mask_id)
     log_p_x = log_p.gather(-1, x[..., None]).squeeze(-1)
     masked = z == mask_id
     nll = torch.where(masked, -log_p_x, 0.0)  # observed positions cost nothing (carry-over)
     weight = schedule.omega(t).to(nll.dtype)  # -alpha'/(1 - alpha) > 0
-    loss = (weight[:, None] * nll).sum() / (B * L)
+    loss = (weight[:, None] * nll).sum() / x.numel()
     stats = {"nll_bound": float(loss.detach()), "masked_fraction": float(masked.float().mean())}
     return loss, stats
 

@@ -28,6 +28,7 @@ import torch
 
 from didi import config as config_mod
 from didi import data, distributed, io
+from didi.diffusion import mdlm_loss
 
 log = logging.getLogger("didi.train")
 
@@ -104,26 +105,6 @@ def model_fn_of(model: torch.nn.Module, device: torch.device, bf16: bool):
     return model_fn
 
 
-def shard_mdlm_loss(model_fn, x_global: torch.Tensor, rows: slice, schedule, mask_id: int,
-                    generator: torch.Generator, t_min: float, antithetic: bool) -> torch.Tensor:
-    """This rank's share of `diffusion.mdlm_loss` on the GLOBAL batch: the times t and masks are drawn for all
-    rows in mdlm_loss's order from one generator seeded by (seed, step), then sliced, so the noise of a row does not
-    depend on how the batch is split. With all rows (one process) this IS mdlm_loss (a test checks it). Per-token
-    mean over the local rows; the mean over ranks (DDP's gradient average) is then the global loss."""
-    from didi.diffusion import corrupt, subs_log_probs
-
-    B = x_global.shape[0]
-    u = torch.rand((B,), generator=generator, device=generator.device, dtype=torch.float64).to(x_global.device)
-    if antithetic:
-        u = (u / B + torch.arange(B, device=x_global.device, dtype=torch.float64) / B) % 1.0
-    t = t_min + (1 - t_min) * u
-    z = corrupt(x_global, schedule.alpha(t), mask_id, generator)[rows]
-    x, t = x_global[rows], t[rows]
-    log_p_x = subs_log_probs(model_fn(z, schedule.sigma(t).float()), z, mask_id).gather(-1, x[..., None]).squeeze(-1)
-    nll = torch.where(z == mask_id, -log_p_x, 0.0)
-    return (schedule.omega(t).to(nll.dtype)[:, None] * nll).sum() / x.numel()
-
-
 def validation_nats(model, blocks: np.ndarray, schedule, mask_id: int, cfg: dict, device: torch.device,
                     batch_size: int) -> float:
     """The MDLM bound (nats/token) on fixed validation blocks with fixed noise, so evaluations are comparable."""
@@ -150,8 +131,9 @@ def train_step(model, model_fn, ema_model, optimizer, x_global: torch.Tensor, ro
         group["lr"] = lr
     torch.manual_seed(derived_seed(cfg["seed"], DROPOUT, step, rank))  # dropout masks: f(seed, step, rank)
     noise = generator(cfg["seed"], NOISE, step, device=x_global.device)
-    loss = shard_mdlm_loss(model_fn, x_global, rows, schedule, mask_id, noise, cfg["diffusion"]["t_min"],
-                           cfg["diffusion"]["antithetic"])
+    # noise drawn for the global batch, evaluated on this rank's rows (diffusion.mdlm_loss's `rows`)
+    loss, _ = mdlm_loss(model_fn, x_global, schedule, mask_id, noise, cfg["diffusion"]["t_min"],
+                        cfg["diffusion"]["antithetic"], rows)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()  # DDP averages the gradients over ranks here
     if t["grad_clip"] > 0:
