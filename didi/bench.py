@@ -118,20 +118,18 @@ def bench_sampler(cfg: dict, model: torch.nn.Module, mask_id: int, nfe: int, num
     """Tokens/s of the ancestral sampler at `nfe` steps (cache and precision per config), after one warm-up call."""
     from didi.diffusion import LogLinearSchedule, sample
 
+    from didi.sample import use_cache
+
     device = next(model.parameters()).device
     d = cfg["diffusion"]
-    cache = d["cache"] and not model.config.time_conditioning
+    cache = use_cache(d, model)
     model.eval()
-
-    @torch.no_grad()
-    def model_fn(z, sigma):
-        return model(z, sigma)
 
     gen = torch.Generator(device=device).manual_seed(cfg["seed"])
     args = (LogLinearSchedule(d["eps"]), mask_id, gen, device, d["sampling_precision"], cache, 1.0,
             d["sampling_t_end"])
-    sample(model_fn, num_samples, model.config.seq_len, 2, *args)  # warm-up
-    result = sample(model_fn, num_samples, model.config.seq_len, nfe, *args)
+    sample(model, num_samples, model.config.seq_len, 2, *args)  # warm-up (sample runs under no_grad)
+    result = sample(model, num_samples, model.config.seq_len, nfe, *args)
     tokens = num_samples * model.config.seq_len
     return {"nfe": nfe, "tokens_per_s": tokens / result.seconds, "seconds": result.seconds,
             "network_calls": result.network_calls, "num_samples": num_samples, "cache": cache,
@@ -186,13 +184,9 @@ def bench_rgas(cfg: dict, model: torch.nn.Module, discriminator: torch.nn.Module
     d, r = cfg["diffusion"], cfg["distill"]["rgas"]
     model.eval()
 
-    @torch.no_grad()
-    def model_fn(z, sigma):
-        return model(z, sigma)
-
     def run(k: int):
         gen = torch.Generator(device=device).manual_seed(cfg["seed"])
-        return rgas_sample(model_fn, discriminator, num_samples, model.config.seq_len, k, LogLinearSchedule(d["eps"]),
+        return rgas_sample(model, discriminator, num_samples, model.config.seq_len, k, LogLinearSchedule(d["eps"]),
                            mask_id, gen, device, d["sampling_precision"], r["h_start"], r["h_end"], r["candidates"],
                            r["tilt_fraction"], 1.0, d["sampling_t_end"])
 

@@ -388,8 +388,8 @@ def trajectory_hash(cfg_distill: dict, method: dict, seed: int, teacher: nn.Modu
     with torch.no_grad():
         teacher_sums = [round(float(p.double().sum()), 6) for p in teacher.parameters()]
     head = np.asarray(positives[:256]).astype(np.int64)
-    data = [list(positives.shape), int(head.sum()), int((head[:, ::2] * 3).sum())]
-    return io.config_hash({"distill": keep, "method": method, "seed": seed, "teacher": teacher_sums, "data": data})
+    positives_sums = [list(positives.shape), int(head.sum()), int((head[:, ::2] * 3).sum())]
+    return io.config_hash({"distill": keep, "method": method, "seed": seed, "teacher": teacher_sums, "data": positives_sums})
 
 
 def save_checkpoint(ckpt_dir: Path, state: DistillState, tag: str) -> None:
@@ -512,6 +512,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def mask_id_of(tokenizer_dir) -> int:
+    """[MASK] = len(tokenizer): the id after the tokenizer's own (data.special_ids gives the same for ours)."""
     from transformers import AutoTokenizer
 
     return len(AutoTokenizer.from_pretrained(str(tokenizer_dir)))

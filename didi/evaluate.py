@@ -57,8 +57,7 @@ def load_judge(judge_dir: str | Path):
     loader, imported when needed so `didi table` does not pay for transformers)."""
     from didi.judge import load_judge as judge_loader
 
-    model, tokenizer, info = judge_loader(judge_dir)
-    return model.float().eval(), tokenizer, info
+    return judge_loader(judge_dir)
 
 
 def judge_id(model, info: dict) -> str:

@@ -41,6 +41,11 @@ def save_npy(path: Path, array: np.ndarray) -> None:
         np.save(f, array)
 
 
+def use_cache(diffusion_cfg: dict, model) -> bool:
+    """The sampler's cache reuses the last output when no token changed: valid only if the output ignores time."""
+    return diffusion_cfg["cache"] and not model.config.time_conditioning
+
+
 def sample_to_files(cfg: dict, model_dir: str | Path, tokenizer_dir: str | Path, out_stem: str | Path, nfe: int,
                     precision: str, temperature: float, num_samples: int, sampler: str = "ancestral",
                     discriminator_dir: str | Path | None = None) -> dict:
@@ -64,14 +69,9 @@ def sample_to_files(cfg: dict, model_dir: str | Path, tokenizer_dir: str | Path,
     seq_len = model.config.seq_len
     schedule = LogLinearSchedule(cfg["diffusion"]["eps"])
     t_end = cfg["diffusion"]["sampling_t_end"]
-    # the cache reuses the last output when no token changed: valid only if the output ignores the time
-    cache = cfg["diffusion"]["cache"] and not model.config.time_conditioning
+    cache = use_cache(cfg["diffusion"], model)
     seed = file_seed(cfg["seed"], out_stem)
     gen = torch.Generator(device=device).manual_seed(seed)
-
-    @torch.no_grad()
-    def model_fn(z: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-        return model(z, sigma)
 
     discriminator, rgas = None, None
     if sampler == "rgas":
@@ -89,10 +89,10 @@ def sample_to_files(cfg: dict, model_dir: str | Path, tokenizer_dir: str | Path,
     for start in range(0, num_samples, batch_size):
         n = min(batch_size, num_samples - start)
         if sampler == "ancestral":
-            result = sample(model_fn, n, seq_len, nfe, schedule, mask_id, gen, device, precision, cache,
+            result = sample(model, n, seq_len, nfe, schedule, mask_id, gen, device, precision, cache,
                             temperature, t_end)
         else:
-            result = rgas_sample(model_fn, discriminator, n, seq_len, nfe, schedule, mask_id, gen, device,
+            result = rgas_sample(model, discriminator, n, seq_len, nfe, schedule, mask_id, gen, device,
                                  precision, rgas["h_start"], rgas["h_end"], rgas["candidates"],
                                  rgas["tilt_fraction"], temperature, t_end)
             disc_forward += result.disc_forward_calls
