@@ -42,6 +42,18 @@ def setup_logging(level: int = logging.INFO) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- atomic writes
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _publish(tmp: Path, path: Path, mode: int) -> None:
+    """Give tmp the permissions a plain open()/mkdir() would have (mkstemp/mkdtemp make them private), then rename."""
+    os.chmod(tmp, mode & ~_umask())
+    os.replace(tmp, path)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path next to `path`; on success it is renamed onto `path`, on error removed."""
@@ -52,7 +64,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp = Path(tmp)
     try:
         yield tmp
-        os.replace(tmp, path)
+        _publish(tmp, path, 0o666)
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -70,10 +82,10 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
             old = path.with_name(f".{path.name}.old")
             shutil.rmtree(old, ignore_errors=True)
             os.replace(path, old)
-            os.replace(tmp, path)
+            _publish(tmp, path, 0o777)
             shutil.rmtree(old, ignore_errors=True)
         else:
-            os.replace(tmp, path)
+            _publish(tmp, path, 0o777)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

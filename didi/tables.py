@@ -270,6 +270,10 @@ def plot_ablation(df: pd.DataFrame):
     nfes = sorted(rows["nfe"].unique())
     width = 0.8 / len(labels)
     ref = reference_row(df)
+    # the teacher at the same NFEs (ancestral, the students' precision): the bar a student has to beat
+    teacher = at_temperature_one(df[(df["model"] == "teacher") & (df["sampler"] == "ancestral")
+                                    & df["precision"].isin(rows["precision"].unique())])
+    teacher = teacher.drop_duplicates("nfe").set_index("nfe")
     panels = ((axes[0], "gen_ppl", "generative perplexity"), (axes[1], "entropy", "unigram entropy (nats)"))
     for ax, metric, ylabel in panels:
         for j, label in enumerate(labels):
@@ -279,6 +283,10 @@ def plot_ablation(df: pd.DataFrame):
             if metric == "gen_ppl" and g["gen_ppl_lo"].notna().any():
                 yerr = np.vstack([g["gen_ppl"] - g["gen_ppl_lo"], g["gen_ppl_hi"] - g["gen_ppl"]])
             ax.bar(x, g[metric], width=width, yerr=yerr, capsize=2, label=label)
+        at = [(i, teacher.at[nfe, metric]) for i, nfe in enumerate(nfes) if nfe in teacher.index]
+        if at:
+            ax.hlines([y for _, y in at], [i - 0.45 for i, _ in at], [i + 0.45 for i, _ in at], color="black",
+                      linewidth=2, label="teacher, same NFE")
         if ref is not None:
             ax.axhline(ref[metric], color="black", linestyle="--", linewidth=1, label="real text")
         ax.set_xticks(np.arange(len(nfes)), [str(int(k)) for k in nfes])
@@ -290,7 +298,8 @@ def plot_ablation(df: pd.DataFrame):
     low = min(rows["entropy"].min(), ref["entropy"] if ref is not None else np.inf)
     axes[1].set_ylim(bottom=max(0.0, low - 0.5))
     handles, names = axes[0].get_legend_handles_labels()
-    fig.legend(handles, names, loc="lower center", ncol=min(len(names), 5), fontsize=8, bbox_to_anchor=(0.5, -0.08))
+    fig.tight_layout(rect=(0, 0.12, 1, 1))  # room below the axes for the legend
+    fig.legend(handles, names, loc="lower center", ncol=min(len(names), 5), fontsize=8)
     return fig
 
 

@@ -122,3 +122,19 @@ def test_figures_without_student_or_reference_rows(tmp_path):
         assert (tmp_path / "figures" / f"{name}.png").stat().st_size > 0
     assert "no student rows" in (tmp_path / "tables" / "ablation_table.md").read_text()
     assert "812.50 (4.812)" in (tmp_path / "tables" / "main_table.md").read_text()
+
+
+def test_ablation_figure_marks_the_teacher_at_the_students_nfes_and_precision(results_csv):
+    """The bar a student must beat: the float64 teacher (not float32, not T = 0.8/0.9) at each student NFE."""
+    for order in (1, -1):  # the row order of the table must not matter
+        check_teacher_marks(tables.plot_ablation(pd.read_csv(results_csv).iloc[::order]))
+
+
+def check_teacher_marks(fig):
+    for ax, metric in zip(fig.axes, ("gen_ppl", "entropy")):
+        marks = [c for c in ax.collections if c.get_label() == "teacher, same NFE"]
+        assert len(marks) == 1
+        segments = marks[0].get_segments()
+        expected = {"gen_ppl": [812.5, 401.25], "entropy": [4.812, 4.905]}[metric]
+        assert [round(float(s[0][1]), 3) for s in segments] == expected
+        assert [round(float(s[:, 0].mean()), 6) for s in segments] == [0.0, 1.0]  # centred on the NFE groups
