@@ -73,45 +73,32 @@ def peak_tflops(device_name: str, override: float | None) -> float | None:
 def build_teacher(cfg: dict, vocab: int, teacher_dir: str | Path | None, device: torch.device):
     """The trained teacher when given (sampling speed depends on what it predicts, through the cache), else a
     freshly initialised DiT of the config's size."""
-    from didi.model import DiT, DiTConfig, load_dit
+    from didi.model import load_dit
 
     if teacher_dir:
         model, _ = load_dit(teacher_dir, device)
         return model
-    torch.manual_seed(train.derived_seed(cfg["seed"], train.INIT))
-    return DiT(DiTConfig.from_config(cfg["model"], vocab, cfg["data"]["seq_len"])).to(device)
+    return train.new_teacher(cfg, vocab, device)
 
 
 def bench_training(cfg: dict, model: torch.nn.Module, blocks: np.ndarray, mask_id: int, warmup_steps: int,
                    timed_steps: int) -> dict:
-    """Tokens/s of train.train_step (one process, global batch teacher.batch_size) on a copy of `model`."""
-    from didi.diffusion import LogLinearSchedule
-
-    t = cfg["teacher"]
+    """Tokens/s of the teacher's training step (one process, global batch teacher.batch_size) on a copy of `model`."""
+    teacher_cfg = cfg["teacher"]
     device = next(model.parameters()).device
-    model = copy.deepcopy(model).train().requires_grad_(True)
-    ema_model = copy.deepcopy(model).float().requires_grad_(False)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=t["lr"], betas=tuple(t["betas"]), eps=t["adam_eps"],
-                                  weight_decay=t["weight_decay"])
-    model_fn = train.model_fn_of(torch.compile(model) if t["compile"] else model, device, t["bf16"])
-    schedule = LogLinearSchedule(cfg["diffusion"]["eps"])
-    sampler = train.BlockSampler(len(blocks), t["batch_size"], cfg["seed"])
-
-    def run(steps: range) -> None:
-        for step in steps:
-            x = train.to_tensor(blocks[sampler.indices(step)], device)
-            train.train_step(model, model_fn, ema_model, optimizer, x, slice(None), step, cfg, schedule, mask_id)
-
-    run(range(warmup_steps))  # allocator, autotuning, torch.compile
+    step = train.step_function(cfg, copy.deepcopy(model).train().requires_grad_(True), blocks, mask_id)
+    for i in range(warmup_steps):  # allocator, autotuning, torch.compile
+        step(i)
     synchronize(device)
     start = time.perf_counter()
-    run(range(warmup_steps, warmup_steps + timed_steps))
+    for i in range(warmup_steps, warmup_steps + timed_steps):
+        step(i)
     synchronize(device)
     seconds = time.perf_counter() - start
-    tokens = timed_steps * t["batch_size"] * blocks.shape[1]
+    tokens = timed_steps * teacher_cfg["batch_size"] * blocks.shape[1]
     return {"tokens_per_s": tokens / seconds, "steps_per_s": timed_steps / seconds, "timed_steps": timed_steps,
-            "warmup_steps": warmup_steps, "seconds": seconds, "global_batch": t["batch_size"],
-            "bf16": t["bf16"] and device.type == "cuda", "compile": t["compile"]}
+            "warmup_steps": warmup_steps, "seconds": seconds, "global_batch": teacher_cfg["batch_size"],
+            "bf16": teacher_cfg["bf16"] and device.type == "cuda", "compile": teacher_cfg["compile"]}
 
 
 def bench_sampler(cfg: dict, model: torch.nn.Module, mask_id: int, nfe: int, num_samples: int) -> dict:
