@@ -59,14 +59,6 @@ def all_reduce_mean(x: torch.Tensor) -> torch.Tensor:
     return y / dist.get_world_size()
 
 
-def broadcast_object(obj):
-    if not dist.is_initialized():
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
 def shard_rows(global_batch: int, info: DistInfo) -> slice:
     """The rows of a global batch this rank owns; the global batch must divide evenly."""
     if global_batch % info.world_size:

@@ -454,3 +454,25 @@ def test_two_ddp_processes_match_one_process(tmp_path):
     # rank 0 alone wrote, and logged each event once
     assert sorted(p.name for p in (tmp_path / "two").iterdir()) == sorted(p.name for p in (tmp_path / "one").iterdir())
     assert log_two.count("distill 3/3") == 1 and log_two.count("variant ddp") == 1
+
+
+def test_distillation_logs_every_iteration_to_wandb(monkeypatch, tmp_path):
+    """wandb.mode not disabled: runtime.start_wandb opens a run and each iteration logs the history's statistics."""
+    import types
+
+    from didi import runtime
+
+    logged, opened = [], []
+    run = types.SimpleNamespace(log=lambda values, step: logged.append((step, values)), finish=lambda: None)
+    monkeypatch.setitem(sys.modules, "wandb", types.SimpleNamespace(init=lambda **kw: opened.append(kw) or run))
+    cfg = tiny_cfg()
+    assert runtime.start_wandb({**cfg, "wandb": {"mode": "disabled"}}, tmp_path, "distill") is None and not opened
+    wandb_run = runtime.start_wandb({**cfg, "wandb": {"mode": "offline", "project": "p"}}, tmp_path, "distill-full")
+    assert opened[0]["mode"] == "offline" and opened[0]["job_type"] == "distill-full"
+    tokens = np.random.default_rng(0).integers(0, 11, size=(32, 8))
+    state = run_distillation(tiny_teacher(), tokens, cfg["distill"], config.variant_method(cfg, "full"), SCHED, 11,
+                             seed=3, progress=False, wandb_run=wandb_run)
+    assert [step for step, _ in logged] == [1, 2, 3, 4]
+    keys = {"reward", "d_acc", "d_loss", "pg_loss", "kl", "entropy", "grad_norm"}
+    assert {f"distill/{k}" for k in keys} <= logged[0][1].keys()
+    assert [values["distill/reward"] for _, values in logged] == state.history["reward"]
