@@ -25,8 +25,7 @@ from pathlib import Path
 
 import torch
 
-from didi import config
-from didi import io
+from didi import config, io
 
 log = logging.getLogger("didi.convert")
 

@@ -118,7 +118,7 @@ def distill_step(state: DistillState, positives: torch.Tensor, generator) -> dic
     G, D, device = distill_cfg["group_size"], state.discriminator, positives.device
 
     def count(mask):  # masked positions of the global batch / world size (at least 1 / world size)
-        return (global_sum(mask.sum(), dist).clamp(min=1) / dist.world_size)
+        return distributed.all_reduce_sum(mask.sum()).clamp(min=1) / dist.world_size
 
     # 1. positives, each repeated G times (one group = G student samples)
     real = positives.repeat_interleave(G, dim=0)
@@ -139,7 +139,7 @@ def distill_step(state: DistillState, positives: torch.Tensor, generator) -> dic
                                                    distill_cfg["label_smoothing"], count)
     optimiser_step(state.opt_disc, d_loss, [p for p in D.parameters() if p.requires_grad],
                    distill_cfg["discriminator_grad_clip"])
-    n_masked = global_sum((z_real == mask_id).sum(), dist) + global_sum((z_fake == mask_id).sum(), dist)
+    n_masked = distributed.all_reduce_sum((z_real == mask_id).sum() + (z_fake == mask_id).sum())
     d_acc = dist.world_size * correct.double() / n_masked.clamp(min=1)
     # 6. reward from the just-updated discriminator
     reward = objective.rewards(D, z_fake, tau, sched, mask_id, distill_cfg["reward_clip"])
@@ -162,11 +162,6 @@ def distill_step(state: DistillState, positives: torch.Tensor, generator) -> dic
         "grad_norm": float(grad_norm), "logp": roll["logp"].mean().item(),
         "fake_mask_left": (roll["x"] == mask_id).float().mean().item(),
     }
-
-
-def global_sum(x: torch.Tensor, dist: distributed.DistInfo) -> torch.Tensor:
-    """Sum over ranks of a (non-differentiated) tensor; the tensor itself for one process."""
-    return distributed.all_reduce_mean(x.detach().double()) * dist.world_size if dist.enabled else x.detach().double()
 
 
 # ---------------------------------------------------------------------------------------------- the loop

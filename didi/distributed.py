@@ -59,6 +59,15 @@ def all_reduce_mean(x: torch.Tensor) -> torch.Tensor:
     return y / dist.get_world_size()
 
 
+def all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
+    """Sum over ranks of a (non-differentiated) tensor, in float64; the tensor itself for one process."""
+    y = x.detach().double()
+    if dist.is_initialized():
+        y = y.clone()
+        dist.all_reduce(y, op=dist.ReduceOp.SUM)
+    return y
+
+
 def shard_rows(global_batch: int, info: DistInfo) -> slice:
     """The rows of a global batch this rank owns; the global batch must divide evenly."""
     if global_batch % info.world_size:
