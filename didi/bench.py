@@ -152,7 +152,7 @@ def section_teacher(cfg: dict, ctx: dict) -> dict:
     }
 
 
-def bench_distill(teacher, tokens, cfg: dict, iterations: int, variant: str = "full") -> dict:
+def bench_distill(teacher, tokens, mask_id: int, cfg: dict, iterations: int, variant: str = "full") -> dict:
     """Distillation iterations/s of `variant` (one untimed warm-up iteration first). teacher: a DiT or a model
     directory; tokens: [N, L] array or a .npy path."""
     from didi.diffusion import LogLinearSchedule
@@ -170,7 +170,6 @@ def bench_distill(teacher, tokens, cfg: dict, iterations: int, variant: str = "f
     method = config.variant_method(cfg, variant) if variant in distill_cfg["variants"] else distill_cfg["method"]
     if method["positives"] == "teacher":  # the throughput does not depend on where the positives come from
         method = {**method, "positives": "data"}
-    mask_id = teacher.config.vocab_size - 1
     state = run_distillation(teacher, tokens, {**distill_cfg, "iterations": 1}, method,
                              LogLinearSchedule(cfg["diffusion"]["eps"]), mask_id, cfg["seed"], device, progress=False)
     positives = torch.as_tensor(np.asarray(tokens[: distill_cfg["batch_size"]]).astype(np.int64)).to(device)
@@ -187,7 +186,7 @@ def bench_distill(teacher, tokens, cfg: dict, iterations: int, variant: str = "f
 
 
 def section_distill(cfg: dict, ctx: dict) -> dict:
-    result = bench_distill(ctx["model"], ctx["blocks"], cfg, iterations=ctx["timed_steps"])
+    result = bench_distill(ctx["model"], ctx["blocks"], ctx["mask_id"], cfg, iterations=ctx["timed_steps"])
     log.info("distillation: %.3g iterations/s", result["iterations_per_s"])
     return result
 

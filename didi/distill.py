@@ -114,8 +114,8 @@ def distill_step(state: DistillState, positives: torch.Tensor, generator) -> dic
     Under DDP every loss is this rank's share of the GLOBAL loss (masked-position means divide by the count summed
     over ranks, divided by the world size), so the gradients averaged over ranks are those of one process with all
     rows. Returns float statistics whose mean over ranks is the global value."""
-    distill_cfg, method, sched, mask_id, dist = state.distill_cfg, state.method, state.schedule, state.mask_id, state.dist
-    G, D, device = distill_cfg["group_size"], state.discriminator, positives.device
+    distill_cfg, method, sched, mask_id = state.distill_cfg, state.method, state.schedule, state.mask_id
+    dist, G, D, device = state.dist, distill_cfg["group_size"], state.discriminator, positives.device
 
     def count(mask):  # masked positions of the global batch / world size (at least 1 / world size)
         return distributed.all_reduce_sum(mask.sum()).clamp(min=1) / dist.world_size
@@ -123,9 +123,9 @@ def distill_step(state: DistillState, positives: torch.Tensor, generator) -> dic
     # 1. positives, each repeated G times (one group = G student samples)
     real = positives.repeat_interleave(G, dim=0)
     rows = real.shape[0]
-    for opt, base in ((state.opt_student, distill_cfg["student_lr"]), (state.opt_disc, distill_cfg["discriminator_lr"])):
+    for opt, lr in ((state.opt_student, distill_cfg["student_lr"]), (state.opt_disc, distill_cfg["discriminator_lr"])):
         for group in opt.param_groups:
-            group["lr"] = runtime.warmup_lr(state.iteration, base, distill_cfg["warmup_steps"])
+            group["lr"] = runtime.warmup_lr(state.iteration, lr, distill_cfg["warmup_steps"])
     # 2-3. time and student rollout
     tau, pi = objective.draw_tau(rows, method, distill_cfg["tau_clip"], generator, device)
     roll = objective.rollout(state.student, rows, state.seq_len, tau, sched, mask_id, method, distill_cfg["t0"],

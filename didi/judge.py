@@ -101,7 +101,8 @@ def train_judge(cfg: dict, corpus_dir: str | Path, tokenizer_dir: str | Path, ou
     judge_cfg = cfg["judge"]
     out_dir = Path(out_dir)
     if judge_cfg["seq_len"] > judge_cfg["n_positions"]:
-        raise config.ConfigError(f"judge.seq_len ({judge_cfg['seq_len']}) exceeds judge.n_positions ({judge_cfg['n_positions']})")
+        raise config.ConfigError(f"judge.seq_len ({judge_cfg['seq_len']}) exceeds judge.n_positions "
+                                 f"({judge_cfg['n_positions']})")
     device = io.default_device()
     tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir), local_files_only=True)
     special = data.special_ids(tokenizer)
@@ -113,8 +114,9 @@ def train_judge(cfg: dict, corpus_dir: str | Path, tokenizer_dir: str | Path, ou
 
     io.seed_everything(cfg["seed"])  # weight init and dropout draw from torch's global generator
     model_config = GPT2Config(
-        vocab_size=len(tokenizer), n_positions=judge_cfg["n_positions"], n_embd=judge_cfg["n_embd"], n_layer=judge_cfg["n_layer"],
-        n_head=judge_cfg["n_head"], bos_token_id=special["bos"], eos_token_id=special["eos"], pad_token_id=special["pad"],
+        vocab_size=len(tokenizer), n_positions=judge_cfg["n_positions"], n_embd=judge_cfg["n_embd"],
+        n_layer=judge_cfg["n_layer"], n_head=judge_cfg["n_head"], bos_token_id=special["bos"],
+        eos_token_id=special["eos"], pad_token_id=special["pad"],
     )
     model = GPT2LMHeadModel(model_config).to(device).float()
     batches = torch.Generator().manual_seed(cfg["seed"] + 1)  # which blocks each step sees
@@ -122,7 +124,8 @@ def train_judge(cfg: dict, corpus_dir: str | Path, tokenizer_dir: str | Path, ou
     no_decay = [p for p in model.parameters() if p.dim() < 2]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": WEIGHT_DECAY},
                                    {"params": no_decay, "weight_decay": 0.0}], lr=judge_cfg["lr"], betas=BETAS)
-    ppl_init, _ = heldout_perplexity(model, validation, judge_cfg["batch_size"], judge_cfg["eval_batches"], special["pad"], device)
+    ppl_init, _ = heldout_perplexity(model, validation, judge_cfg["batch_size"], judge_cfg["eval_batches"],
+                                     special["pad"], device)
     log.info("judge: %d params, %d train / %d validation blocks of %d, held-out ppl at init %.1f (vocab %d)",
              sum(p.numel() for p in model.parameters()), len(train), len(validation), judge_cfg["seq_len"], ppl_init,
              len(tokenizer))
@@ -147,7 +150,8 @@ def train_judge(cfg: dict, corpus_dir: str | Path, tokenizer_dir: str | Path, ou
             wandb_run.log({"judge/loss": loss.item(), "judge/lr": lr}, step=step + 1)
     seconds = time.perf_counter() - t0
 
-    ppl, tokens = heldout_perplexity(model, validation, judge_cfg["batch_size"], judge_cfg["eval_batches"], special["pad"], device)
+    ppl, tokens = heldout_perplexity(model, validation, judge_cfg["batch_size"], judge_cfg["eval_batches"],
+                                     special["pad"], device)
     log.info("judge: held-out perplexity %.2f over %d tokens (init %.1f)", ppl, tokens, ppl_init)
     model.cpu()
     with io.atomic_dir(out_dir / "model") as tmp:
@@ -183,7 +187,8 @@ def prepare_pretrained_judge(cfg: dict, corpus_dir: str | Path, out_dir: str | P
     seq_len = min(judge_cfg["seq_len"], context)
     validation = judge_blocks(tokenizer, data.read_split(corpus_dir, "validation"), seq_len,
                               cfg.get("data", {}).get("num_proc", 1))
-    ppl, tokens = heldout_perplexity(model, validation, judge_cfg["batch_size"], judge_cfg["eval_batches"], None, device)
+    ppl, tokens = heldout_perplexity(model, validation, judge_cfg["batch_size"], judge_cfg["eval_batches"], None,
+                                     device)
     log.info("judge %s: held-out perplexity %.2f over %d tokens", name, ppl, tokens)
     info = {"path": path, "tokenizer": path, "trained": False, "heldout_ppl": ppl, "heldout_tokens": tokens,
             "seq_len": seq_len, "vocab": len(tokenizer)}

@@ -48,7 +48,8 @@ class BlockSampler:
     def permutation(self, epoch: int) -> torch.Tensor:
         if epoch not in self._perms:
             self._perms = {k: v for k, v in self._perms.items() if k >= epoch - 1}  # keep memory bounded
-            self._perms[epoch] = torch.randperm(self.n_blocks, generator=runtime.generator(self.seed, DATA_ORDER, epoch))
+            order = runtime.generator(self.seed, DATA_ORDER, epoch)
+            self._perms[epoch] = torch.randperm(self.n_blocks, generator=order)
         return self._perms[epoch]
 
     def indices(self, step: int) -> np.ndarray:

@@ -382,7 +382,7 @@ def test_benchmark_distill_reports_a_rate_and_leaves_the_teacher_alone():
         p.requires_grad_(True)
     before = {k: v.clone() for k, v in teacher.state_dict().items()}
     tokens = np.random.default_rng(0).integers(0, 11, size=(16, 8)).astype(np.uint16)
-    result = bench_distill(teacher, tokens, tiny_cfg(), iterations=2)
+    result = bench_distill(teacher, tokens, 11, tiny_cfg(), iterations=2)
     assert result["iterations_per_s"] > 0 and result["iterations"] == 2
     assert all(p.requires_grad for p in teacher.parameters())
     assert all(torch.equal(before[k], v) for k, v in teacher.state_dict().items())
@@ -476,3 +476,26 @@ def test_distillation_logs_every_iteration_to_wandb(monkeypatch, tmp_path):
     keys = {"reward", "d_acc", "d_loss", "pg_loss", "kl", "entropy", "grad_norm"}
     assert {f"distill/{k}" for k in keys} <= logged[0][1].keys()
     assert [values["distill/reward"] for _, values in logged] == state.history["reward"]
+
+
+def test_a_resume_is_logged_and_a_checkpoint_of_other_code_is_not_resumed(tmp_path, monkeypatch, caplog):
+    from didi import runtime
+
+    tokens = np.random.default_rng(0).integers(0, 11, size=(32, 8))
+    cfg = tiny_cfg()
+    method = config.variant_method(cfg, "full")
+
+    def go(iterations, ckpt):
+        return run_distillation(tiny_teacher(), tokens, {**cfg["distill"], "iterations": iterations}, method, SCHED,
+                                11, seed=3, checkpoint_dir=ckpt, progress=False)
+
+    go(2, tmp_path / "a")
+    with caplog.at_level("INFO", logger="didi.runtime"):
+        assert go(3, tmp_path / "a").history["resumed_from_iteration"] == [2]
+    assert "resumed from checkpoint" in caplog.text and "step_000000002" in caplog.text
+    caplog.clear()
+    monkeypatch.setattr(runtime, "code_version", lambda: "other code")
+    with caplog.at_level("INFO", logger="didi.runtime"):
+        again = go(4, tmp_path / "a")
+    assert again.history["resumed_from_iteration"] == [None] and len(again.history["reward"]) == 4
+    assert "not resuming from checkpoint" in caplog.text and "differs in code" in caplog.text
