@@ -210,16 +210,17 @@ def divergence(student_lp: torch.Tensor, teacher_lp: torch.Tensor, kind: str, be
 
 def regulariser(states, teacher, schedule, mask_id: int, method: dict, count: Callable):
     """(divergence to the teacher, student entropy), each a mean over the masked positions of every state the
-    student acted in, averaged over the states. The divergence is computed only when method["kl_coef"] > 0."""
+    student acted in, averaged over the states. With method["kl_coef"] == 0 the divergence is still measured (it
+    is logged), but without a gradient."""
     kl = entropy = torch.zeros((), device=states[0][0].device)
     for z, t, student_lp in states:
         masked = z == mask_id  # where() rather than multiply: outputs at unmasked positions are irrelevant, maybe inf
         n = count(masked).to(student_lp.dtype)
-        if method["kl_coef"] > 0:
-            with torch.no_grad():
-                teacher_lp = real_log_probs(teacher(z, schedule.sigma(t)), mask_id)
-            div = divergence(student_lp, teacher_lp, method["regularizer"], method["jeffrey_beta"])
-            kl = kl + torch.where(masked, div, 0.0).sum() / n
+        with torch.no_grad():
+            teacher_lp = real_log_probs(teacher(z, schedule.sigma(t)), mask_id)
+        lp = student_lp if method["kl_coef"] > 0 else student_lp.detach()
+        div = divergence(lp, teacher_lp, method["regularizer"], method["jeffrey_beta"])
+        kl = kl + torch.where(masked, div, 0.0).sum() / n
         ent = -(student_lp.exp() * student_lp).sum(-1)
         entropy = entropy + torch.where(masked, ent, 0.0).sum() / n
     return kl / len(states), entropy / len(states)
