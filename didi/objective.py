@@ -83,9 +83,8 @@ def student_step(student: nn.Module, z: torch.Tensor, t: torch.Tensor, alpha_nex
     otherwise it is drawn from a separate no-grad pass and scored by a second one (the official code's way;
     differs under dropout)."""
     sigma = schedule.sigma(t)
-    log_probs = real_log_probs(student(z, sigma), mask_id)
     if method["on_policy_single_pass"]:
-        draw_from = log_probs
+        log_probs = draw_from = real_log_probs(student(z, sigma), mask_id)
     else:
         with torch.no_grad():
             draw_from = real_log_probs(student(z, sigma), mask_id)
