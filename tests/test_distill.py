@@ -500,3 +500,16 @@ def test_a_resume_is_logged_and_a_checkpoint_of_other_code_is_not_resumed(tmp_pa
         again = go(4, tmp_path / "a")
     assert again.history["resumed_from_iteration"] == [None] and len(again.history["reward"]) == 4
     assert "not resuming from checkpoint" in caplog.text and "differs in code" in caplog.text
+
+
+@pytest.mark.parametrize("single_pass,calls_per_step", [(True, 1), (False, 2)])
+def test_rollout_calls_the_student_once_or_twice_per_step(single_pass, calls_per_step):
+    student = tiny_teacher(dropout=0.0)
+    calls = []
+    student.register_forward_hook(lambda module, args, out: calls.append(torch.is_grad_enabled()))
+    method = {**config.variant_method(tiny_cfg(), "full"), "on_policy_single_pass": single_pass}
+    roll = rollout(student, 4, 8, torch.full((4,), 0.5), SCHED, 11, method, 1e-3, torch.Generator().manual_seed(0),
+                   "float64", "cpu")
+    assert len(calls) == 2 * calls_per_step and roll["logp"].requires_grad
+    # two passes: the draw from a no-grad pass first, then the scored pass with grad
+    assert calls == [True, True] if single_pass else calls == [False, True, False, True]
