@@ -448,3 +448,15 @@ def test_ancestral_step_scores_its_own_draw_without_changing_it():
     torch.testing.assert_close(ell, by_hand)
     ell.sum().backward()
     assert torch.isfinite(logits.grad).all() and logits.grad[~revealed].abs().sum() == 0
+
+
+def test_the_config_schema_knows_the_same_precisions_as_the_sampler():
+    """diffusion.PRECISIONS is the one list; the schema (YAML, cannot import it) must spell the same names."""
+    from pathlib import Path
+
+    import yaml
+
+    from didi.diffusion import PRECISIONS
+
+    schema = yaml.safe_load((Path(__file__).parents[1] / "workflow/schemas/config.schema.yaml").read_text())
+    assert tuple(schema["definitions"]["precision"]["enum"]) == PRECISIONS
