@@ -83,14 +83,15 @@ def validate(cfg: dict, source: str = "config", partial: bool = False) -> dict:
         lines = "\n  ".join(_describe(e) for e in errors)
         raise ConfigError(f"{source}: invalid config:\n  {lines}")
     check_paths(cfg, source)
-    check_cross_keys(cfg, source)
+    check_cross_keys(cfg, source, nfe=not partial)
     return cfg
 
 
-def check_cross_keys(cfg: dict, source: str = "config") -> None:
+def check_cross_keys(cfg: dict, source: str = "config", nfe: bool = True) -> None:
     """Checks between keys the schema cannot express (each runs when the sections it reads are present):
-    variants named in distill.run are defined, RGAS variants are trained, and no NFE exceeds L (a K-step sampler
-    unmasks at least one token per step: more steps than positions is not a sampler the grid describes)."""
+    variants named in distill.run are defined, RGAS variants are trained, and (`nfe`, on whole configs: the
+    Snakefile and `load`; a step's sections were checked there) no NFE exceeds L: a K-step sampler unmasks at
+    least one position per step, so more steps than positions only adds network calls."""
     problems = []
     if "distill" in cfg:
         d = cfg["distill"]
@@ -100,7 +101,7 @@ def check_cross_keys(cfg: dict, source: str = "config") -> None:
         untrained = [v for v in d["rgas"]["variants"] if v not in d["run"]]
         if untrained:
             problems.append(f"distill.rgas.variants: {untrained} not in distill.run {d['run']}")
-    if "data" in cfg:
+    if nfe and "data" in cfg:
         seq_len = cfg["data"]["seq_len"]
         nfe_keys = {}
         if "sampling" in cfg:
