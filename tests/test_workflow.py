@@ -26,12 +26,16 @@ def test_snakefmt_clean():
 def test_dry_run(preset, tmp_path):
     if preset and not (REPO / "presets" / preset).exists():
         pytest.fail(f"presets/{preset} is missing")
-    args = ["--dry-run", "--config", f"results={tmp_path}"]
+    args = ["--dry-run", "--printshellcmds", "--config", f"results={tmp_path}"]
     if preset:
         args = ["--configfile", str(REPO / "config.yaml"), str(REPO / "presets" / preset), *args]
     out = run_snakemake(args).stdout
     for rule in ["corpus", "tokenizer", "train_teacher", "train_judge", "sample", "distill", "evaluate", "figures"]:
         assert f"rule {rule}:" in out, f"dry run of {preset or 'config.yaml'} plans no {rule} job"
+    # didi runs through Snakemake's own Python, never a `didi` found on PATH; distillation checks its inputs first
+    commands = [line for line in out.splitlines() if line.startswith("Shell command:") and "didi" in line]
+    assert commands and all(" -m didi " in line for line in commands)
+    assert f" -m didi check-inputs --teacher {tmp_path}/teacher/ema --tokens {tmp_path}/tokens/train.json" in out
 
 
 BAD_CONFIGS = {  # preset text -> what the error must name (besides the file)
@@ -102,16 +106,19 @@ def test_edits_rerun_only_the_steps_whose_outputs_they_change(tmp_path):
 
 
 def test_rerun_appends_to_the_log_with_a_header(tmp_path):
-    """The corpus step twice (forced): the log holds the last run, its history both, each after a dated header naming
-    the command."""
+    """The corpus step twice (forced), with no venv on PATH (a bare `.venv/bin/snakemake`): the log holds the last
+    run, its history both, each after a dated header naming the command."""
     corpus = tmp_path / "texts"
     corpus.mkdir()
     for i in range(12):
         (corpus / f"doc{i}.txt").write_text(f"document number {i} " * 20)
     args = ["--cores", "1", *SMOKE, "--config", f"results={tmp_path / 'results'}", f"corpus={{source: {corpus}}}",
             "--forcerun", "corpus", "--until", "corpus"]
-    run_snakemake(["--directory", str(tmp_path), *args])
-    run_snakemake(["--directory", str(tmp_path), *args])
+    bare = {**subprocess_env(), "PATH": "/usr/bin:/bin"}  # neither `didi` nor `torchrun` can be found
+    for _ in range(2):
+        proc = subprocess.run([venv_bin("snakemake"), "--directory", str(tmp_path), *args], cwd=REPO, env=bare,
+                              capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     header = re.compile(r"^=== \d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ \S+ -m didi corpus --config-json CONFIG", re.M)
     history = (tmp_path / "results" / "logs" / "corpus.log.history").read_text()
     assert len(header.findall(history)) == 2 and history.count("corpus train: 11 documents") == 2, history
