@@ -18,7 +18,7 @@ configfile: "config.yaml"
 # The schema and every cross-key check (variants, RGAS variants, NFE <= L, paths) before any job runs; the error
 # names the config file(s) and the key.
 config_files = dict.fromkeys(os.path.abspath(f) for f in workflow.configfiles)
-validate(config, source=", ".join(config_files) or "config")
+validate(config, source=", ".join(config_files) or "config", sweeps=True)
 
 
 report: "workflow/report/workflow.rst"

@@ -68,11 +68,12 @@ def _describe(err: jsonschema.ValidationError) -> str:
     return f"{_key_path(err)}: {err.message}"
 
 
-def validate(cfg: dict, source: str = "config", partial: bool = False) -> dict:
+def validate(cfg: dict, source: str = "config", partial: bool = False, sweeps: bool = False) -> dict:
     """Raise ConfigError listing every schema violation (key path + message); return cfg unchanged.
 
     `partial=True` accepts a config holding only some top-level sections (each one complete): workflow rules pass
     just the sections their step depends on, so editing one section reruns only the steps that read it.
+    `sweeps=True` (a whole run's config: the Snakefile, `load`) also checks every NFE against L.
     """
     schema = _schema()
     if partial:
@@ -83,15 +84,15 @@ def validate(cfg: dict, source: str = "config", partial: bool = False) -> dict:
         lines = "\n  ".join(_describe(e) for e in errors)
         raise ConfigError(f"{source}: invalid config:\n  {lines}")
     check_paths(cfg, source)
-    check_cross_keys(cfg, source, nfe=not partial)
+    check_cross_keys(cfg, source, nfe=sweeps)
     return cfg
 
 
 def check_cross_keys(cfg: dict, source: str = "config", nfe: bool = True) -> None:
     """Checks between keys the schema cannot express (each runs when the sections it reads are present):
-    variants named in distill.run are defined, RGAS variants are trained, and (`nfe`, on whole configs: the
-    Snakefile and `load`; a step's sections were checked there) no NFE exceeds L: a K-step sampler unmasks at
-    least one position per step, so more steps than positions only adds network calls."""
+    variants named in distill.run are defined, RGAS variants are trained, and (`nfe`: a whole run's config, checked
+    by the Snakefile and `load`) no NFE of a sweep exceeds L: K steps over L < K positions leave steps with
+    nothing to unmask, so the extra steps only add network calls."""
     problems = []
     if "distill" in cfg:
         d = cfg["distill"]
@@ -143,7 +144,7 @@ def load(paths: list[str | Path] | None = None, overrides: dict | None = None) -
         cfg = deep_merge(cfg, read_yaml(path))
     if overrides:
         cfg = deep_merge(cfg, overrides)
-    return validate(cfg, source=", ".join(str(p) for p in paths))
+    return validate(cfg, source=", ".join(str(p) for p in paths), sweeps=True)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
