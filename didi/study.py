@@ -1,0 +1,172 @@
+"""`didi study`: the distillation study on the exact world (docs/distillation-study.md).
+
+    didi study --configfile config.yaml presets/synthetic.yaml --results results/synthetic \
+        --rows docs/study/rows.yaml --out docs/study --jobs 2
+
+A row is a set of overrides of the `distill` section (its `method` switches included) and a list of seeds. For
+each (row, seed) the synthetic preset's teacher is distilled with `distill.run_distillation`, exactly as the
+`distill` rule does, then the EMA and the raw student sample `samples` sequences at each K of `ks` (and K = L) and
+the chain itself scores them: true NLL per chain token (`synthetic.score_blocks`), unigram entropy per sample
+(`evaluate.entropy_stats`, as everywhere), and the entropy of each position's token distribution ACROSS samples,
+which falls when a sampler collapses onto a few sequences (per-sample unigram entropy does not see that).
+The teacher is scored the same way (row "teacher"). Outputs: results.csv (one line per row, seed, model, K),
+histories.json (the per-iteration curves), table.md (means over seeds, the share of the teacher's few-step gap
+NLL(teacher@K) - NLL(teacher@L) each row closes) and dynamics.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import yaml
+
+from didi import config, evaluate, io, synthetic
+from didi.diffusion import LogLinearSchedule, sample
+from didi.distill import run_distillation
+from didi.model import load_dit, mask_id_of
+
+log = logging.getLogger("didi.study")
+
+
+def positional_entropy(ids: np.ndarray) -> float:
+    """Mean over positions of the entropy (nats) of the tokens that the samples hold at that position."""
+    out = []
+    for column in np.asarray(ids).T:
+        _, counts = np.unique(column, return_counts=True)
+        p = counts / counts.sum()
+        out.append(float(-(p * np.log(p)).sum()))
+    return float(np.mean(out))
+
+
+def score(ids: np.ndarray, world: synthetic.MarkovWorld, floor: float) -> dict:
+    scored = synthetic.score_blocks(world, ids, floor)
+    return {"nll": float(scored["nll"].sum() / scored["tokens"].sum()), "invalid": int(scored["invalid"].sum()),
+            "entropy": evaluate.entropy_stats(ids)["entropy"], "positional_entropy": positional_entropy(ids)}
+
+
+@torch.no_grad()
+def score_model(model, cfg: dict, ks: list[int], n: int, world, floor: float, mask_id: int) -> dict:
+    """{K: score} of n samples at each K; the same noise for every model at a K (common random numbers)."""
+    model.eval()
+    seq_len, out = cfg["data"]["seq_len"], {}
+    for k in ks:
+        generator = torch.Generator().manual_seed(cfg["seed"] + k)
+        ids = sample(lambda z, s: model(z, s), n, seq_len, k, LogLinearSchedule(cfg["diffusion"]["eps"]), mask_id,
+                     generator, precision=cfg["diffusion"]["sampling_precision"], cache=False,
+                     t_end=cfg["diffusion"]["sampling_t_end"]).ids
+        out[k] = score(ids.numpy(), world, floor)
+    return out
+
+
+def row_config(cfg: dict, overrides: dict) -> tuple[dict, dict]:
+    """(distill section, method) of a row: `overrides` on top of the config's distill section and method."""
+    overrides = dict(overrides)
+    method = config.deep_merge(cfg["distill"]["method"], overrides.pop("method", {}))
+    distill_cfg = config.deep_merge(cfg["distill"], overrides)
+    unknown = sorted(set(overrides) - set(cfg["distill"])) + sorted(set(method) - set(cfg["distill"]["method"]))
+    if unknown:
+        raise config.ConfigError(f"study row: unknown distill keys {unknown}")
+    return distill_cfg, method
+
+
+def run_one(cfg: dict, results: Path, name: str, overrides: dict, seed: int, ks: list[int], n: int) -> dict:
+    torch.set_num_threads(1)
+    teacher, _ = load_dit(results / "teacher" / "ema")
+    mask_id = mask_id_of(results / "tokenizer")
+    world = synthetic.MarkovWorld(synthetic.spec_from_corpus(cfg["corpus"]))
+    floor = synthetic.invalid_log_prob(world.spec)
+    if name == "teacher":
+        return {"name": name, "seed": seed, "scores": {"teacher": score_model(teacher, cfg, ks, n, world, floor,
+                                                                              mask_id)}, "history": {}}
+    distill_cfg, method = row_config(cfg, overrides)
+    positives = np.load(results / "tokens" / "train.npy", mmap_mode="r")
+    start = time.perf_counter()
+    state = run_distillation(teacher, positives, distill_cfg, method, LogLinearSchedule(cfg["diffusion"]["eps"]),
+                             mask_id, seed, progress=False)
+    seconds = time.perf_counter() - start
+    scores = {m: score_model(model, cfg, ks, n, world, floor, mask_id)
+              for m, model in (("ema", state.student_ema), ("raw", state.student))}
+    log.info("%s seed %d: %.0f s, EMA NLL %s", name, seed, seconds,
+             " ".join(f"K{k}={v['nll']:.3f}" for k, v in scores["ema"].items()))
+    history = {k: v for k, v in state.history.items() if k != "resumed_from_iteration"}
+    return {"name": name, "seed": seed, "scores": scores, "history": history, "seconds": seconds}
+
+
+def gap_table(frame: pd.DataFrame, ks: list[int], seq_len: int) -> pd.DataFrame:
+    """Mean (and spread over seeds) of the true NLL per row, model and K; the share of the teacher's few-step gap
+    closed: (NLL(teacher@K) - NLL(row@K)) / (NLL(teacher@K) - NLL(teacher@L))."""
+    teacher = frame[frame.model == "teacher"].groupby("K").nll.mean()
+    rows = []
+    for (name, model), part in frame.groupby(["name", "model"], sort=False):
+        entry = {"row": name, "model": model, "seeds": part.seed.nunique()}
+        for k in ks:
+            at = part[part.K == k]
+            entry[f"nll@{k}"] = at.nll.mean()
+            entry[f"spread@{k}"] = at.nll.max() - at.nll.min()
+            if k != seq_len:
+                entry[f"closed@{k}"] = (teacher[k] - at.nll.mean()) / (teacher[k] - teacher[seq_len])
+        entry["entropy@4"] = part[part.K == min(ks, key=lambda k: abs(k - 4))].entropy.mean()
+        entry["positional_entropy@4"] = part[part.K == min(ks, key=lambda k: abs(k - 4))].positional_entropy.mean()
+        rows.append(entry)
+    return pd.DataFrame(rows)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    config.add_arguments(p)
+    p.add_argument("--results", required=True, help="results directory of the synthetic preset (teacher, tokens)")
+    p.add_argument("--rows", required=True, help="YAML: {ks: [...], samples: N, rows: {name: {seeds, overrides}}}")
+    p.add_argument("--out", required=True)
+    p.add_argument("--only", nargs="*", default=None, help="run only these rows (others are kept from results.csv)")
+    p.add_argument("--jobs", type=int, default=1, help="rows run in parallel, one thread each")
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = config.from_args(args)
+    if cfg["corpus"]["source"] != synthetic.SOURCE:
+        raise config.ConfigError(f"didi study needs the exact world (corpus.source {synthetic.SOURCE!r}), "
+                                 f"got {cfg['corpus']['source']!r}")
+    spec = yaml.safe_load(Path(args.rows).read_text())
+    seq_len = cfg["data"]["seq_len"]
+    ks = sorted(set(spec["ks"]) | {seq_len})
+    jobs = [("teacher", {}, cfg["seed"])] + [(name, row.get("overrides", {}), seed)
+                                             for name, row in spec["rows"].items() for seed in row["seeds"]]
+    if args.only:
+        jobs = [j for j in jobs if j[0] in args.only]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    csv, histories_path = out / "results.csv", out / "histories.json"
+    lines = pd.read_csv(csv) if csv.exists() else pd.DataFrame()
+    histories = io.read_json(histories_path) if histories_path.exists() else {}
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    with concurrent.futures.ProcessPoolExecutor(max_workers=args.jobs) as pool:
+        futures = [pool.submit(run_one, cfg, Path(args.results), name, overrides, seed, ks, spec["samples"])
+                   for name, overrides, seed in jobs]
+        for future in concurrent.futures.as_completed(futures):
+            result = future.result()
+            new = pd.DataFrame([{"name": result["name"], "seed": result["seed"], "model": model, "K": k, **s}
+                                for model, by_k in result["scores"].items() for k, s in by_k.items()])
+            if len(lines):
+                lines = lines[~((lines.name == result["name"]) & (lines.seed == result["seed"]))]
+            lines = pd.concat([lines, new], ignore_index=True)
+            histories[f"{result['name']}/{result['seed']}"] = result["history"]
+            with io.atomic_path(csv) as tmp:  # after every row: a long study loses nothing when stopped
+                lines.to_csv(tmp, index=False)
+            io.write_json(histories_path, histories)
+    order = ["teacher"] + list(spec["rows"])
+    lines["order"] = lines.name.map({n: i for i, n in enumerate(order)})
+    table = gap_table(lines.sort_values(["order", "seed"]), ks, seq_len)
+    io.write_text(out / "table.md", table.to_markdown(index=False, floatfmt=".3f") + "\n")
+    io.write_provenance_beside(csv, cfg)
+    return 0
+
+
+COMMANDS = {"study": (add_arguments, run)}
