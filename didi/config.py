@@ -110,7 +110,7 @@ def check_paths(cfg: dict, source: str = "config") -> None:
     keys = {"corpus": "source", "tokenizer": "pretrained", "judge": "pretrained", "teacher": "init_from"}
     candidates = {f"{section}.{key}": cfg[section][key] for section, key in keys.items() if section in cfg}
     for key, value in candidates.items():
-        if value is None or value == "sotu" or value.startswith("hf:"):
+        if value is None or value == "sotu" or value.startswith(("hf:", "synthetic:")):
             continue
         must_be_path = key in ("corpus.source", "teacher.init_from")
         if (must_be_path or is_local_path(value)) and not Path(value).expanduser().exists():

@@ -116,3 +116,107 @@ class MarkovWorld:
 
     def nll_per_token(self, length: int) -> float:
         return float(self.expected_nll_per_position(length).mean())
+
+
+# ---------------------------------------------------------------------------------------------- workflow plumbing
+# `corpus.source: "synthetic:markov"`: each document is one chain sequence of L - 2 states written "s12 s3 s7 ...";
+# the tokenizer maps state s<i> to id i (then EOS = BOS and [PAD]), and `data.wrap: false` packs each document
+# into exactly one block [BOS] + its L - 2 states + [EOS]. Chain positions of a block are 1 .. L - 2.
+SOURCE = "synthetic:markov"
+SPEC_KEYS = [f.name for f in dataclasses.fields(MarkovSpec)]
+
+
+def spec_from_corpus(corpus: dict) -> MarkovSpec:
+    """The chain of a `corpus` config section (its `synthetic` subsection); errors name the key."""
+    section = corpus.get("synthetic")
+    if not isinstance(section, dict):
+        raise ValueError(f"corpus.source {SOURCE!r} needs a corpus.synthetic section ({', '.join(SPEC_KEYS)}, "
+                         f"num_sequences)")
+    missing = [k for k in SPEC_KEYS if k not in section]
+    if missing:
+        raise ValueError(f"corpus.synthetic is missing {', '.join(missing)}")
+    return MarkovSpec.from_config(section)
+
+
+def state_text(row) -> str:
+    return " ".join(f"s{int(s)}" for s in row)
+
+
+def chain_documents(corpus: dict, seq_len: int, seed: int) -> tuple[list[str], list[str], MarkovWorld]:
+    """(ids, texts, world): `corpus.synthetic.num_sequences` chain sequences of seq_len - 2 states, drawn with
+    `seed` (the config seed; the chain itself is fixed by corpus.synthetic.seed)."""
+    world = MarkovWorld(spec_from_corpus(corpus))
+    n = int(corpus["synthetic"]["num_sequences"])
+    states = world.sample(n, seq_len - 2, seed)
+    width = len(str(max(n - 1, 0)))
+    return [f"{i:0{width}d}" for i in range(n)], [state_text(row) for row in states], world
+
+
+def state_tokenizer(vocab_size: int, eos_token: str, pad_token: str):
+    """A WordLevel tokenizer (built, not trained): "s<i>" -> id i for i < V, then EOS (= BOS) = V, [PAD] = V + 1."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {f"s{i}": i for i in range(vocab_size)}
+    vocab[eos_token], vocab[pad_token] = vocab_size, vocab_size + 1
+    word_level = Tokenizer(models.WordLevel(vocab, unk_token=pad_token))
+    word_level.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    word_level.decoder = decoders.WordPiece(prefix="##", cleanup=False)  # joins words with spaces
+    word_level.add_special_tokens([eos_token, pad_token])
+    return PreTrainedTokenizerFast(tokenizer_object=word_level, bos_token=eos_token, eos_token=eos_token,
+                                   pad_token=pad_token)
+
+
+# ---------------------------------------------------------------------------------------------- exact judge
+def exact_judge_info(cfg: dict) -> dict:
+    """What `judge.json` records for `judge.kind: exact`: the chain, where it sits in a block, and its floor."""
+    corpus, seq_len = cfg["corpus"], cfg["data"]["seq_len"]
+    if corpus["source"] != SOURCE or cfg["data"]["wrap"]:
+        raise ValueError(f"judge.kind exact scores blocks [BOS] + one chain sequence + [EOS]: it needs "
+                         f"corpus.source {SOURCE!r} (got {corpus['source']!r}) and data.wrap false "
+                         f"(got {cfg['data']['wrap']})")
+    spec = spec_from_corpus(corpus)
+    if spec.leak <= 0:
+        raise ValueError("judge.kind exact needs corpus.synthetic.leak > 0 (else some sequences have NLL infinity)")
+    world = MarkovWorld(spec)
+    chain_len = seq_len - 2
+    return {
+        "kind": "exact", "trained": False, "path": SOURCE, "name": exact_judge_name(spec),
+        "spec": dataclasses.asdict(spec), "seq_len": seq_len, "chain_positions": [1, seq_len - 1],
+        "nll_floor": world.nll_per_token(chain_len),  # nats/token over the chain positions
+        "invalid_log_prob": invalid_log_prob(spec),
+        "vocab": spec.vocab_size,
+    }
+
+
+def exact_judge_name(spec: MarkovSpec) -> str:
+    return f"exact-markov-V{spec.vocab_size}-k{spec.order}-b{spec.branching}-leak{spec.leak:g}"
+
+
+def invalid_log_prob(spec: MarkovSpec) -> float:
+    """The score of a non-state token at a chain position (probability 0 under the data): log(leak / V), the
+    log-probability of the least likely transition the chain allows. Such tokens are also counted."""
+    return math.log(spec.leak / spec.vocab_size)
+
+
+def score_blocks(world: MarkovWorld, blocks: np.ndarray, floor: float) -> dict:
+    """Exact log-likelihood of the chain positions 1 .. L-2 of [n, L] blocks.
+
+    A position holding a non-state id (BOS/EOS/PAD/...) scores `floor` and is counted in `invalid`; a position
+    whose order-k context holds such an id restarts the chain there (scored as a first state, log 1/V).
+    Returns {"nll" [n] sums (nats), "tokens" [n] scored positions, "invalid" [n] non-state ids at chain positions}."""
+    blocks = np.asarray(blocks, dtype=np.int64)
+    if blocks.ndim != 2 or blocks.shape[1] < 3:
+        raise ValueError(f"expected [n, L >= 3] blocks, got shape {blocks.shape}")
+    V, k = world.spec.vocab_size, world.spec.order
+    x = blocks[:, 1:-1]
+    valid = (x >= 0) & (x < V)
+    log_p = world.token_log_probs(np.where(valid, x, 0))
+    context_ok = np.ones_like(valid)
+    for j in range(1, k + 1):  # every one of the k previous positions (within the chain) must be a state
+        context_ok[:, j:] &= valid[:, :-j]
+    context_ok[:, :k] = False  # the first k states are uniform anyway
+    log_p = np.where(context_ok, log_p, -math.log(V))
+    log_p = np.where(valid, log_p, floor)
+    return {"nll": -log_p.sum(axis=1), "tokens": np.full(len(x), x.shape[1], dtype=np.int64),
+            "invalid": (~valid).sum(axis=1)}

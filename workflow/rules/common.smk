@@ -9,6 +9,7 @@ check_paths(config, source="workflow config")
 R = config["results"]
 ENVS = "../../envs/didi.yaml"
 SAMPLE_STEM = "{sampler}_{precision}_nfe{nfe}_T{temperature}"
+SYNTHETIC = config["corpus"]["source"].startswith("synthetic:")
 
 
 wildcard_constraints:
@@ -90,6 +91,7 @@ def final_outputs():
         + [f"{R}/figures/{f}.{ext}" for f in FIGURES for ext in ("png", "pdf")]
         + [f"{R}/tables/{t}.md" for t in TABLES]
         + [f"{R}/teacher/metrics.json", f"{R}/judge/judge.json"]
+        + [f"{R}/figures/dynamics.{ext}" for ext in ("png", "pdf")]
     )
 
 

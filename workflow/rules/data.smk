@@ -17,7 +17,8 @@ rule corpus:
         mem_mb=config["resources"]["mem_mb"],
         runtime=runtime("light"),
     params:
-        cfg=cfg_json("seed", "corpus"),
+        # the synthetic source draws sequences of data.seq_len - 2 states
+        cfg=cfg_json("seed", "corpus", *(["data"] if SYNTHETIC else [])),
         out_dir=parent_of("stats"),
     shell:
         "didi corpus --config-json {params.cfg:q} --out-dir {params.out_dir} > {log} 2>&1"
@@ -39,7 +40,7 @@ rule tokenizer:
         mem_mb=config["resources"]["mem_mb"],
         runtime=runtime("light"),
     params:
-        cfg=cfg_json("seed", "tokenizer"),
+        cfg=cfg_json("seed", "tokenizer", *(["corpus"] if SYNTHETIC else [])),
         corpus_dir=parent_of("train", "input"),
     shell:
         "didi tokenizer --config-json {params.cfg:q} --corpus-dir {params.corpus_dir}"

@@ -20,7 +20,7 @@ rule train_judge:
         runtime=runtime("train"),
         gpu=config["resources"]["sample_gpu"],
     params:
-        cfg=cfg_json("seed", "judge", "data"),
+        cfg=cfg_json("seed", "judge", "data", "corpus"),
         corpus_dir=parent_of("train", "input"),
         out_dir=parent_of("judge"),
     shell:

@@ -99,3 +99,37 @@ rule bench:
         "OMP_NUM_THREADS={threads} didi bench --config-json {params.cfg:q} --tokens {params.tokens}"
         " --tokenizer {input.tokenizer} --teacher {input.teacher} {params.student}"
         " --out-dir {params.out_dir} > {log} 2>&1"
+
+
+rule dynamics:
+    """Training curves: every distillation variant's history, the teacher's and the judge's loss."""
+    input:
+        distill=expand(f"{R}/distill/{{variant}}/metrics.json", variant=config["distill"]["run"]),
+        teacher=rules.train_teacher.output.metrics,
+        judge=rules.train_judge.output.judge,
+    output:
+        **{
+            f"dynamics_{ext}": report(
+                f"{R}/figures/dynamics.{ext}",
+                caption="../report/dynamics.rst",
+                category="Figures",
+                subcategory=ext.upper(),
+            )
+            for ext in ("png", "pdf")
+        },
+    log:
+        f"{R}/logs/dynamics.log",
+    benchmark:
+        f"{R}/benchmarks/dynamics.tsv"
+    conda:
+        ENVS
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=runtime("light"),
+    params:
+        cfg=cfg_json("seed"),
+        out_dir=parent_of("dynamics_png"),
+    shell:
+        "didi dynamics --config-json {params.cfg:q} --distill {input.distill} --teacher {input.teacher}"
+        " --judge {input.judge} --out-dir {params.out_dir} > {log} 2>&1"
