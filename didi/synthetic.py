@@ -184,6 +184,8 @@ def exact_judge_info(cfg: dict) -> dict:
         "kind": "exact", "trained": False, "path": SOURCE, "name": exact_judge_name(spec),
         "spec": dataclasses.asdict(spec), "seq_len": seq_len, "chain_positions": [1, seq_len - 1],
         "nll_floor": world.nll_per_token(chain_len),  # nats/token over the chain positions
+        # the same over all L positions of a block (BOS and EOS are certain): what the teacher's bound can reach
+        "block_nll_floor": world.nll_per_token(chain_len) * chain_len / seq_len,
         "invalid_log_prob": invalid_log_prob(spec),
         "vocab": spec.vocab_size,
     }

@@ -438,6 +438,8 @@ def plot_dynamics(distill: dict[str, dict], teacher: dict | None, judge: dict | 
     if teacher and teacher.get("eval_curve"):
         steps, nats = zip(*teacher["eval_curve"])
         ax.plot(steps, nats, marker="o", label="validation bound (EMA)")
+    if judge and judge.get("block_nll_floor") is not None:
+        ax.axhline(judge["block_nll_floor"], color="black", linestyle="--", linewidth=1, label="data floor (exact)")
     if not ax.lines:
         _empty(ax, "teacher")
     ax.set_title("teacher: nats/token", fontsize=9)

@@ -104,7 +104,9 @@ rule bench:
 rule dynamics:
     """Training curves: every distillation variant's history, the teacher's and the judge's loss."""
     input:
-        distill=expand(f"{R}/distill/{{variant}}/metrics.json", variant=config["distill"]["run"]),
+        distill=expand(
+            f"{R}/distill/{{variant}}/metrics.json", variant=config["distill"]["run"]
+        ),
         teacher=rules.train_teacher.output.metrics,
         judge=rules.train_judge.output.judge,
     output:
