@@ -442,6 +442,7 @@ def plot_dynamics(distill: dict[str, dict], teacher: dict | None, judge: dict | 
         ax.axhline(judge["block_nll_floor"], color="black", linestyle="--", linewidth=1, label="data floor (exact)")
     if not ax.lines:
         _empty(ax, "teacher")
+    ax.set_yscale("log")  # the first steps sit far above the rest of the curve
     ax.set_title("teacher: nats/token", fontsize=9)
     ax.set_xlabel("step")
     ax.grid(True, alpha=0.3)
@@ -450,8 +451,10 @@ def plot_dynamics(distill: dict[str, dict], teacher: dict | None, judge: dict | 
         steps, loss = zip(*judge["loss_curve"])
         ax.plot(steps, loss, label="train loss")
         ax.axhline(np.log(judge["heldout_ppl"]), color="black", linestyle="--", linewidth=1, label="held-out NLL")
+        ax.set_yscale("log")
     elif judge and judge.get("nll_floor") is not None:
-        ax.axhline(judge["nll_floor"], color="black", linestyle="--", linewidth=1, label="exact judge: data floor")
+        ax.text(0.5, 0.5, f"exact judge: nothing trained\ndata floor {judge['nll_floor']:.4f} nats/token",
+                ha="center", va="center", transform=ax.transAxes)
     else:
         _empty(ax, "judge training")
     ax.set_title("judge: nats/token", fontsize=9)
