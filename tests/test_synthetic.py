@@ -223,8 +223,10 @@ def test_synthetic_preset_end_to_end(tmp_path):
 
     shorter = tmp_path / "shorter.yaml"
     shorter.write_text("teacher: {steps: 200, eval_every: 100, checkpoint_every: 100}\n"
-                       "distill: {iterations: 4, log_every: 2, checkpoint_every: 2, warmup_steps: 2}\n"
-                       "sampling: {num_samples: 16, batch_size: 16}\n")
+                       "distill: {iterations: 4, log_every: 2, checkpoint_every: 2, warmup_steps: 2, nfe: [2],\n"
+                       "          run: [baseline, full, teacher_pos]}\n"
+                       "sampling: {nfe: [2, 32], temperatures: [1.0], temperature_nfe: 2, num_samples: 16,\n"
+                       "           batch_size: 16}\n")
     results = tmp_path / "results"
     args = ["--configfile", str(REPO / "config.yaml"), str(REPO / "presets" / "synthetic.yaml"), str(shorter),
             "--config", f"results={results}"]
@@ -235,7 +237,7 @@ def test_synthetic_preset_end_to_end(tmp_path):
     assert np.allclose(table["nll_floor"], floor)
     assert np.allclose(table["gen_nll"], np.log(table["gen_ppl"]))
     ref = table[table.model == "reference"].iloc[0]
-    assert abs(ref["gen_nll"] - floor) < 0.15 and ref["invalid_tokens"] == 0
+    assert abs(ref["gen_nll"] - floor) < 0.25 and ref["invalid_tokens"] == 0
     assert {"teacher", "student-full", "student-baseline"} <= set(table.model)
     assert (results / "figures" / "dynamics.png").stat().st_size > 5000
     report = tmp_path / "report.html"
