@@ -455,6 +455,7 @@ def plot_dynamics(distill: dict[str, dict], teacher: dict | None, judge: dict | 
     elif judge and judge.get("nll_floor") is not None:
         ax.text(0.5, 0.5, f"exact judge: nothing trained\ndata floor {judge['nll_floor']:.4f} nats/token",
                 ha="center", va="center", transform=ax.transAxes)
+        ax.set_axis_off()
     else:
         _empty(ax, "judge training")
     ax.set_title("judge: nats/token", fontsize=9)
