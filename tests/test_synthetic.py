@@ -83,6 +83,9 @@ def synthetic_cfg(tmp_path, num_sequences=60, seq_len=12, wrap=False) -> dict:
                    "synthetic": {**SPEC, "num_sequences": num_sequences}},
         "data": {"seq_len": seq_len, "wrap": wrap},
         "judge": {"kind": "exact"},
+        # sweeps within L (checked on a whole config)
+        "sampling": {"nfe": [2, 4], "temperature_nfe": 2},
+        "distill": {"nfe": [2], "teacher_pool_nfe": 4},
     })
 
 
