@@ -107,7 +107,6 @@ rule bench:
         )
 
 
-
 rule dynamics:
     """Training curves: every distillation variant's history, the teacher's and the judge's loss."""
     input:
