@@ -194,7 +194,8 @@ STEPS: dict[str, tuple[tuple[str, ...], dict[str, tuple[str, ...] | str]]] = {
     # one run per variant: its own switches are added per run by the rule (variant_method)
     "distill": (
         ("seed", "diffusion", "distill", "wandb"),
-        {"distill": ("log_every", "checkpoint_every", "nfe", "run", "rgas", "method", "variants",
+        {"diffusion": ("sampling_t_end", "sampling_precision", "cache"),  # the rollout has distill.rollout_precision
+         "distill": ("log_every", "checkpoint_every", "nfe", "run", "rgas", "method", "variants",
                      "teacher_pool_size", "teacher_pool_nfe"),
          "wandb": ALL},
     ),

@@ -127,24 +127,30 @@ def distill_step(state: DistillState, positives: torch.Tensor, generator) -> dic
         for group in opt.param_groups:
             group["lr"] = runtime.warmup_lr(state.iteration, lr, distill_cfg["warmup_steps"])
     # 2-3. time and student rollout
-    tau, pi = objective.draw_tau(rows, method, distill_cfg["tau_clip"], generator, device)
+    tau, pi = objective.draw_tau(rows, method, distill_cfg["tau_clip"], generator, device, G)
     roll = objective.rollout(state.student, rows, state.seq_len, tau, sched, mask_id, method, distill_cfg["t0"],
                              generator, distill_cfg["rollout_precision"], device)
     # 4. corruption of student samples and positives
     z_fake, z_real, tau_real = objective.corrupt_both(roll["x"], real, tau, sched, mask_id, method,
                                                       distill_cfg["tau_clip"], generator)
-    # 5. one discriminator step
+    # 5-6. discriminator step(s); the reward from the just-updated discriminator (or from the one before it)
+    def reward_now():
+        return objective.rewards(D, z_fake, tau, sched, mask_id, distill_cfg["reward_clip"])
+
+    reward = reward_now() if method["reward_before_update"] else None
     D.train()
-    d_loss, correct = objective.discriminator_loss(D, z_real, tau_real, z_fake, tau, sched, mask_id,
-                                                   distill_cfg["label_smoothing"], count)
-    optimiser_step(state.opt_disc, d_loss, [p for p in D.parameters() if p.requires_grad],
-                   distill_cfg["discriminator_grad_clip"])
+    for _ in range(distill_cfg["discriminator_steps"]):
+        d_loss, correct = objective.discriminator_loss(D, z_real, tau_real, z_fake, tau, sched, mask_id,
+                                                       distill_cfg["label_smoothing"], count)
+        optimiser_step(state.opt_disc, d_loss, [p for p in D.parameters() if p.requires_grad],
+                       distill_cfg["discriminator_grad_clip"])
     n_masked = distributed.all_reduce_sum((z_real == mask_id).sum() + (z_fake == mask_id).sum())
     d_acc = dist.world_size * correct.double() / n_masked.clamp(min=1)
-    # 6. reward from the just-updated discriminator
-    reward = objective.rewards(D, z_fake, tau, sched, mask_id, distill_cfg["reward_clip"])
-    # 7. grouped advantage
+    reward = reward_now() if reward is None else reward
+    # 7. grouped advantage (shuffle_advantages: the no-information control)
     advantage = objective.grouped_advantages(reward, G, distill_cfg["advantage_clip"])
+    if method["shuffle_advantages"]:
+        advantage = objective.shuffled(advantage, generator)
     # 8. time weight omega(tau), optionally / pi(tau)
     weight = objective.time_weight(sched, tau, pi, method, distill_cfg["omega_clip"])
     # 9. student loss: policy gradient + regulariser to the teacher - entropy bonus

@@ -55,10 +55,15 @@ def sample_tau(n: int, distribution: str, clip, generator: torch.Generator, devi
     return tau.float(), pi.float()
 
 
-def draw_tau(n: int, method: dict, clip, generator, device):
-    """sample_tau with the method's distribution for n rows, per group when given one generator per group."""
-    return draw_rows(generator, n, lambda g, r: sample_tau(r.stop - r.start, method["tau_distribution"], clip, g,
-                                                           device))
+def draw_tau(n: int, method: dict, clip, generator, device, group_size: int = 1):
+    """sample_tau with the method's distribution for n rows, per group when given one generator per group.
+
+    method["tau_per_group"]: one tau for each group of `group_size` consecutive rows, so that the grouped advantage
+    compares the G samples of a prompt at one noise level instead of ranking noise levels."""
+    shared = group_size if method["tau_per_group"] else 1
+    tau, pi = draw_rows(generator, n // shared, lambda g, r: sample_tau(r.stop - r.start, method["tau_distribution"],
+                                                                        clip, g, device))
+    return tau.repeat_interleave(shared), pi.repeat_interleave(shared)
 
 
 # ---------------------------------------------------------------------------------------------- the rollout
@@ -178,6 +183,13 @@ def grouped_advantages(rewards: torch.Tensor, group_size: int, clip: float) -> t
     r = rewards.view(-1, group_size)
     a = (r - r.mean(dim=1, keepdim=True)) / (r.std(dim=1, keepdim=True) + 1e-8)
     return a.clamp(-clip, clip).view(-1)
+
+
+def shuffled(advantage: torch.Tensor, generator) -> torch.Tensor:
+    """The control of the study: advantages permuted across this batch's rows, so the reward carries no information
+    about the sample it is paired with; what the student does then is drift, not learning."""
+    first = generator if isinstance(generator, torch.Generator) else generator[0]
+    return advantage[torch.randperm(advantage.shape[0], generator=first, device=first.device)]
 
 
 def time_weight(schedule, tau, pi, method: dict, omega_clip) -> torch.Tensor:

@@ -14,7 +14,8 @@ from torch import nn
 
 from didi import config
 from didi.diffusion import LogLinearSchedule, sample
-from didi.distill import build_state, run_distillation
+from didi import objective
+from didi.distill import build_state, distill_step, run_distillation
 from didi.objective import divergence, grouped_advantages, rollout, sample_tau, smoothed_bce
 
 SCHED = LogLinearSchedule(1e-3)
@@ -513,3 +514,58 @@ def test_rollout_calls_the_student_once_or_twice_per_step(single_pass, calls_per
     assert len(calls) == 2 * calls_per_step and roll["logp"].requires_grad
     # two passes: the draw from a no-grad pass first, then the scored pass with grad
     assert calls == [True, True] if single_pass else calls == [False, True, False, True]
+
+
+def test_tau_per_group_shares_one_noise_level_per_group_and_per_row_does_not():
+    gens = [torch.Generator().manual_seed(i) for i in range(3)]  # one per group, as the loop passes them
+    method = {"tau_distribution": "beta22", "tau_per_group": True}
+    tau, pi = objective.draw_tau(12, method, (0.02, 0.98), gens, "cpu", group_size=4)
+    assert torch.equal(tau.view(3, 4), tau.view(3, 4)[:, :1].expand(3, 4))
+    assert torch.allclose(pi, 6 * tau * (1 - tau))
+    assert len(set(tau.tolist())) == 3
+    per_row, _ = objective.draw_tau(12, {**method, "tau_per_group": False}, (0.02, 0.98),
+                                    [torch.Generator().manual_seed(i) for i in range(3)], "cpu", group_size=4)
+    assert len(set(per_row.tolist())) == 12
+    # a group's first draw is the same either way: switching on sharing does not reshuffle the stream
+    assert per_row[0] == tau[0] and per_row[4] == tau[4]
+
+
+def test_shuffled_advantages_are_a_seeded_permutation():
+    adv = torch.arange(16, dtype=torch.float32)
+    a = objective.shuffled(adv, torch.Generator().manual_seed(0))
+    b = objective.shuffled(adv, [torch.Generator().manual_seed(0), torch.Generator().manual_seed(5)])
+    assert torch.equal(a, b) and not torch.equal(a, adv)
+    assert torch.equal(a.sort().values, adv)
+
+
+@pytest.mark.parametrize("before", [True, False])
+def test_reward_comes_from_the_discriminator_before_or_after_its_update(before):
+    """reward_before_update: the reward is what the discriminator said before this iteration's step(s);
+    otherwise what the updated one says. discriminator_steps: that many updates on the same batch."""
+    cfg = tiny_cfg(discriminator_steps=2, discriminator_lr=1e-2, warmup_steps=0)
+    method = {**config.variant_method(cfg, "full"), "reward_before_update": before}
+    state = build_state(tiny_teacher(dropout=0.0), cfg["distill"], method, SCHED, 11, 8)
+    positives = torch.as_tensor(np.random.default_rng(0).integers(0, 11, size=(2, 8)))
+    seen = []
+    original = objective.rewards
+
+    def spy(D, *args):
+        seen.append([p.detach().clone() for p in D.parameters() if p.requires_grad])
+        return original(D, *args)
+
+    objective.rewards, steps = spy, []
+    try:
+        opt_step = state.opt_disc.step
+
+        def counting_step(*a, **k):
+            steps.append(1)
+            return opt_step(*a, **k)
+
+        state.opt_disc.step = counting_step
+        start = [p.detach().clone() for p in state.discriminator.parameters() if p.requires_grad]
+        distill_step(state, positives, torch.Generator().manual_seed(0))
+    finally:
+        objective.rewards = original
+    assert len(steps) == 2 and len(seen) == 1
+    same_as_start = all(torch.equal(a, b) for a, b in zip(seen[0], start))
+    assert same_as_start is before
