@@ -126,7 +126,7 @@ def test_missing_synthetic_section_is_named():
 
 def test_synthetic_config_keys_are_validated(tmp_path):
     with pytest.raises(config.ConfigError, match="corpus.synthetic"):
-        config.load(overrides={"corpus": {"synthetic": {**SPEC, "num_sequences": 10, "lekа": 0.1}}})
+        config.load(overrides={"corpus": {"synthetic": {**SPEC, "num_sequences": 10, "lek": 0.1}}})
 
 
 # ---------------------------------------------------------------------------------------------- exact judge
