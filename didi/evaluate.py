@@ -311,6 +311,43 @@ def measure(texts: list[str], ids: np.ndarray, model, tokenizer, cfg: dict, q_te
     return row
 
 
+def measure_exact(ids: np.ndarray, info: dict, cfg: dict) -> dict:
+    """The row of `measure` under `judge.kind: exact` (the synthetic chain, didi/synthetic.py): gen-NLL is the true
+    NLL per chain position (nats/token), gen-PPL its exp; `nll_floor` is the data's own (the floor); chain
+    positions holding a non-state id score log(leak / V) and are counted in `invalid_tokens`. No MAUVE."""
+    from didi import synthetic
+
+    ev, seed = cfg["evaluation"], cfg["seed"]
+    ids = np.asarray(ids)
+    if ids.shape[1] != info["seq_len"]:
+        raise ValueError(f"samples have length {ids.shape[1]}, the exact judge's blocks {info['seq_len']}")
+    world = synthetic.MarkovWorld(synthetic.MarkovSpec(**info["spec"]))
+    scores = synthetic.score_blocks(world, ids, info["invalid_log_prob"])
+    total_nll, total_tokens = float(scores["nll"].sum()), int(scores["tokens"].sum())
+    lo, hi = bootstrap_ppl(scores["nll"], scores["tokens"], ev["bootstrap"], ev["confidence"], seed)
+    return {
+        "gen_ppl": float(np.exp(total_nll / total_tokens)), "gen_ppl_lo": lo, "gen_ppl_hi": hi,
+        "gen_nll": total_nll / total_tokens, "nll_floor": info["nll_floor"],
+        "invalid_tokens": int(scores["invalid"].sum()),
+        "confidence": ev["confidence"], "bootstrap": ev["bootstrap"], "eos_policy": "exact",
+        "num_samples": len(ids), "scored_tokens": total_tokens, "total_nll": total_nll,
+        "per_sample_nll": scores["nll"].tolist(), "per_sample_tokens": scores["tokens"].tolist(),
+        "per_sample_ppl": np.exp(scores["nll"] / scores["tokens"]).tolist(), "judge_tokens": total_tokens,
+        **entropy_stats(ids),
+        "mauve": None,
+    }
+
+
+def judged(texts: list[str], ids: np.ndarray, judge_dir: str | Path, cfg: dict, q_texts: list[str] | None):
+    """(row of `measure` or `measure_exact`, judge name, judge info) for the judge in `judge_dir`."""
+    info = io.read_json(Path(judge_dir) / "judge.json")
+    if info.get("kind") == "exact":
+        return measure_exact(ids, info, cfg), info["name"], info
+    model, tokenizer, info = load_judge(judge_dir)
+    model.to(io.default_device())
+    return measure(texts, ids, model, tokenizer, cfg, q_texts), judge_id(model, info), info
+
+
 def read_jsonl_texts(path: str | Path) -> list[str]:
     """One sample per line: a JSON object with a "text" field (or a bare JSON string)."""
     texts = []
@@ -350,14 +387,13 @@ def evaluate_files(samples: str | Path, judge_dir: str | Path, reference_dir: st
     ids = np.load(f"{samples}.npy")
     texts = read_jsonl_texts(f"{samples}.jsonl")
     reference = read_jsonl_texts(Path(reference_dir) / "a.jsonl")
-    model, tokenizer, info = load_judge(judge_dir)
-    model.to(io.default_device())
-    log.info("evaluating %d samples of %s with judge %s", len(texts), samples, judge_id(model, info))
+    row, judge_name, info = judged(texts, ids, judge_dir, cfg, reference[:len(texts)])
+    log.info("evaluated %d samples of %s with judge %s", len(texts), samples, judge_name)
     metrics = {
         **sample_fields(samples, meta),
-        **measure(texts, ids, model, tokenizer, cfg, reference[:len(texts)]),
+        **row,
         "seed": meta.get("seed", cfg["seed"]),
-        "judge": judge_id(model, info),
+        "judge": judge_name,
         "judge_info": info,
         "samples": str(samples),
     }
@@ -403,15 +439,13 @@ def reference_files(tokens: str | Path, tokenizer_dir: str | Path, judge_dir: st
     a_ids, b_ids = np.asarray(blocks[a_idx]), np.asarray(blocks[b_idx])
     a_texts, b_texts = data.decode(tokenizer, a_ids), data.decode(tokenizer, b_ids)
 
-    model, judge_tokenizer, info = load_judge(judge_dir)
-    model.to(io.default_device())
-    log.info("reference: %d + %d held-out blocks of %s, judge %s", num_samples, num_samples, tokens,
-             judge_id(model, info))
+    row, judge_name, info = judged(a_texts, a_ids, judge_dir, cfg, b_texts)
+    log.info("reference: %d + %d held-out blocks of %s, judge %s", num_samples, num_samples, tokens, judge_name)
     metrics = {
         "model": "reference", "variant": "", "sampler": "", "precision": "", "nfe": None, "temperature": None,
         "weights": "", "seed": cfg["seed"],
-        **measure(a_texts, a_ids, model, judge_tokenizer, cfg, b_texts),
-        "judge": judge_id(model, info),
+        **row,
+        "judge": judge_name,
         "judge_info": info,
         "tokens_file": str(tokens),
         "a_blocks": a_idx.tolist(),

@@ -134,6 +134,7 @@ def train_judge(cfg: dict, corpus_dir: str | Path, tokenizer_dir: str | Path, ou
     wandb_run = runtime.start_wandb(cfg, out_dir, "judge")
     model.train()
     t0 = time.perf_counter()
+    loss_curve = []  # (step, training loss) every log_every steps: the dynamics figure draws it
     for step in range(judge_cfg["steps"]):
         lr = learning_rate(step, judge_cfg["lr"], judge_cfg["warmup_steps"], judge_cfg["steps"])
         for group in optimizer.param_groups:
@@ -146,6 +147,8 @@ def train_judge(cfg: dict, corpus_dir: str | Path, tokenizer_dir: str | Path, ou
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         progress.update(step + 1, loss=loss.item(), lr=lr)
+        if (step + 1) % judge_cfg["log_every"] == 0 or step + 1 == judge_cfg["steps"]:
+            loss_curve.append((step + 1, loss.item()))
         if wandb_run and (step + 1) % judge_cfg["log_every"] == 0:
             wandb_run.log({"judge/loss": loss.item(), "judge/lr": lr}, step=step + 1)
     seconds = time.perf_counter() - t0
@@ -162,7 +165,7 @@ def train_judge(cfg: dict, corpus_dir: str | Path, tokenizer_dir: str | Path, ou
         "heldout_ppl": ppl, "heldout_tokens": tokens, "heldout_ppl_init": ppl_init, "steps": judge_cfg["steps"],
         "seq_len": judge_cfg["seq_len"], "train_blocks": len(train), "validation_blocks": len(validation),
         "final_train_loss": loss.item(), "train_seconds": seconds, "vocab": len(tokenizer),
-        "params": sum(p.numel() for p in model.parameters()),
+        "params": sum(p.numel() for p in model.parameters()), "loss_curve": loss_curve,
     }
     io.write_metrics(out_dir / "judge.json", info, cfg)
     if wandb_run:
@@ -209,7 +212,13 @@ def _run(args: argparse.Namespace) -> None:
     cfg = config.from_args(args)
     data.quiet_datasets()
     hf_logging.disable_progress_bar()  # log files get Progress lines, not tqdm bars
-    if cfg["judge"]["pretrained"]:
+    if cfg["judge"].get("kind", "lm") == "exact":  # the synthetic chain judges itself: nothing to train
+        from didi import synthetic
+
+        info = synthetic.exact_judge_info(cfg)
+        io.write_metrics(Path(args.out_dir) / "judge.json", info, cfg)
+        log.info("exact judge %s: data NLL floor %.4f nats/token", info["name"], info["nll_floor"])
+    elif cfg["judge"]["pretrained"]:
         prepare_pretrained_judge(cfg, args.corpus_dir, args.out_dir)
     else:
         train_judge(cfg, args.corpus_dir, args.tokenizer, args.out_dir)

@@ -27,6 +27,9 @@ given (the workflow lists the teacher first, then the students in `distill.run` 
     weights               generator weights sampled: "ema" or "raw"
     config_hash           hash of the sampling config and the evaluation config of the row
     git_commit            code version that computed the evaluation
+    gen_nll               judge NLL per scored token (nats) = log gen_ppl; under `judge.kind: exact` the true NLL
+    nll_floor             exact judge only: the data's own NLL per token (no model beats it in expectation)
+    invalid_tokens        exact judge only: non-state ids at chain positions (each scored log(leak / V))
 
 `didi figures` reads that CSV and writes figures/{gen_ppl_vs_nfe, entropy_vs_nfe, ppl_vs_entropy, ablation}.{png,pdf}
 and tables/{main_table, ablation_table}.md (markdown via pandas `to_markdown`, i.e. `tabulate`).
@@ -50,9 +53,10 @@ COLUMNS = [
     "gen_ppl", "gen_ppl_lo", "gen_ppl_hi", "entropy", "entropy_std", "mauve",
     "num_samples", "scored_tokens", "network_calls_per_batch", "disc_forward_calls", "disc_backward_calls",
     "sampling_seconds", "tokens_per_s", "judge", "weights", "config_hash", "git_commit",
+    "gen_nll", "nll_floor", "invalid_tokens",
 ]
 INTEGER_COLUMNS = ["nfe", "seed", "num_samples", "scored_tokens", "network_calls_per_batch", "disc_forward_calls",
-                   "disc_backward_calls"]
+                   "disc_backward_calls", "invalid_tokens"]
 FIGURES = ["gen_ppl_vs_nfe", "entropy_vs_nfe", "ppl_vs_entropy", "ablation"]
 TABLES = ["main_table", "ablation_table"]
 
@@ -111,6 +115,9 @@ def row_from_eval(ev: dict) -> dict:
         "weights": ev.get("weights") or "",
         "config_hash": config_hash or "",
         "git_commit": prov.get("git_commit", ""),
+        "gen_nll": ev.get("gen_nll", float(np.log(ev["gen_ppl"]))),
+        "nll_floor": ev.get("nll_floor"),
+        "invalid_tokens": ev.get("invalid_tokens"),
     }
     assert list(row) == COLUMNS
     return row
@@ -337,7 +344,26 @@ def main_table_md(df: pd.DataFrame) -> str:
         mauve = "" if pd.isna(ref["mauve"]) else f", MAUVE(a, b) {ref['mauve']:.3f}"
         lines += ["", f"Real held-out text (reference): gen-PPL {fmt_cell(ref['gen_ppl'], ref['entropy'])}{mauve}, "
                       f"{int(ref['num_samples'])} samples."]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + exact_nll_lines(df)) + "\n"
+
+
+def exact_nll_lines(df: pd.DataFrame) -> list[str]:
+    """Under the exact judge: gen-NLL (nats/token) by model and NFE, with the data's floor and invalid tokens."""
+    floor = df["nll_floor"].dropna()
+    rows = at_temperature_one(generated(df))
+    if floor.empty or rows.empty:
+        return []
+    label = [line_label(m, s, p) for m, s, p in zip(rows["model"], rows["sampler"], rows["precision"])]
+    rows = rows.assign(label=label, cell=[f"{n:.4f} [{int(i)}]" for n, i in zip(rows["gen_nll"],
+                                                                              rows["invalid_tokens"].fillna(0))])
+    order = list(dict.fromkeys(rows["label"]))
+    table = rows.pivot(index="label", columns="nfe", values="cell").reindex(order).fillna("")
+    table.columns = [f"NFE {int(k)}" for k in table.columns]
+    ref = reference_row(df)
+    real = "" if ref is None else f"; real held-out sequences: {ref['gen_nll']:.4f}"
+    return ["", f"Exact judge: true NLL per chain position (nats/token) [invalid tokens], by model and NFE. "
+                f"The data's floor (its entropy per token): {floor.iloc[0]:.4f}{real}.", "",
+            table.rename_axis("model sampler precision").to_markdown()]
 
 
 def ablation_table_md(df: pd.DataFrame) -> str:
@@ -373,6 +399,116 @@ def draw_all(df: pd.DataFrame, out_dir: str | Path, tables_dir: str | Path, cfg:
             io.write_provenance_beside(tables_dir / f"{name}.md", cfg)
 
 
+# ---------------------------------------------------------------------------------------------- training dynamics
+DYNAMICS = [  # (history key of distill metrics.json, panel title)
+    ("reward", "reward (discriminator log-odds)"), ("d_acc", "discriminator accuracy"),
+    ("d_loss", "discriminator loss"), ("pg_loss", "policy-gradient loss"), ("kl", "KL to the teacher"),
+    ("entropy", "student entropy"), ("grad_norm", "student grad norm"),
+]
+
+
+def moving_average(values, window: int) -> np.ndarray:
+    """Trailing mean over the last `window` values (fewer at the start), so a curve keeps its length."""
+    v = np.asarray(values, dtype=np.float64)
+    cumsum = np.concatenate([[0.0], np.cumsum(v)])
+    i = np.arange(1, len(v) + 1)
+    start = np.maximum(0, i - window)
+    return (cumsum[i] - cumsum[start]) / (i - start)
+
+
+def smooth_window(n: int) -> int:
+    return max(1, n // 20)
+
+
+def plot_dynamics(distill: dict[str, dict], teacher: dict | None, judge: dict | None):
+    """Per-variant distillation curves over iterations (moving averages, the raw values faint) and the teacher's
+    and judge's loss curves. `distill`: variant -> its metrics.json `history`; teacher/judge: their metrics."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(3, 3, figsize=(13, 10))
+    axes = axes.ravel()
+    for ax, (key, title) in zip(axes, DYNAMICS):
+        for j, (variant, history) in enumerate(distill.items()):
+            values = history.get(key) or []
+            if not values:
+                continue
+            x = np.arange(1, len(values) + 1)
+            color = f"C{j % 10}"
+            ax.plot(x, values, color=color, alpha=0.2, linewidth=0.7)
+            ax.plot(x, moving_average(values, smooth_window(len(values))), color=color, label=variant)
+        if not ax.lines:
+            _empty(ax, key)
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("distillation iteration")
+        ax.grid(True, alpha=0.3)
+    ax = axes[len(DYNAMICS)]
+    if teacher and teacher.get("loss_curve"):
+        steps, loss = zip(*teacher["loss_curve"])
+        ax.plot(steps, loss, label="train loss (bound)")
+    if teacher and teacher.get("eval_curve"):
+        steps, nats = zip(*teacher["eval_curve"])
+        ax.plot(steps, nats, marker="o", label="validation bound (EMA)")
+    if judge and judge.get("block_nll_floor") is not None:
+        ax.axhline(judge["block_nll_floor"], color="black", linestyle="--", linewidth=1, label="data floor (exact)")
+    if not ax.lines:
+        _empty(ax, "teacher")
+    ax.set_yscale("log")  # the first steps sit far above the rest of the curve
+    ax.set_title("teacher: nats/token", fontsize=9)
+    ax.set_xlabel("step")
+    ax.grid(True, alpha=0.3)
+    ax = axes[len(DYNAMICS) + 1]
+    if judge and judge.get("loss_curve"):
+        steps, loss = zip(*judge["loss_curve"])
+        ax.plot(steps, loss, label="train loss")
+        ax.axhline(np.log(judge["heldout_ppl"]), color="black", linestyle="--", linewidth=1, label="held-out NLL")
+        ax.set_yscale("log")
+    elif judge and judge.get("nll_floor") is not None:
+        ax.text(0.5, 0.5, f"exact judge: nothing trained\ndata floor {judge['nll_floor']:.4f} nats/token",
+                ha="center", va="center", transform=ax.transAxes)
+        ax.set_axis_off()
+    else:
+        _empty(ax, "judge training")
+    ax.set_title("judge: nats/token", fontsize=9)
+    ax.set_xlabel("step")
+    ax.grid(True, alpha=0.3)
+    for ax in axes[len(DYNAMICS):len(DYNAMICS) + 2]:
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+    handles, names = axes[0].get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, names, loc="lower center", ncol=min(len(names), 8), fontsize=8)
+    fig.tight_layout(rect=(0, 0.04, 1, 1))
+    return fig
+
+
+def draw_dynamics(distill_metrics: list[str | Path], teacher: str | Path | None, judge: str | Path | None,
+                  out_dir: str | Path) -> None:
+    """figures/dynamics.{png,pdf} from distill/<variant>/metrics.json, teacher/metrics.json and judge/judge.json."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    histories = {Path(p).parent.name: io.read_json(p).get("history", {}) for p in distill_metrics}
+    fig = plot_dynamics(histories, io.read_json(teacher) if teacher else None, io.read_json(judge) if judge else None)
+    _save(fig, Path(out_dir), "dynamics")
+    plt.close(fig)
+
+
+def add_dynamics_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--distill", nargs="*", default=[], help="distill/<variant>/metrics.json files")
+    parser.add_argument("--teacher", help="teacher/metrics.json")
+    parser.add_argument("--judge", help="judge/judge.json")
+    parser.add_argument("--out-dir", required=True, help="figures directory (writes dynamics.png and .pdf)")
+    config.add_arguments(parser)
+
+
+def run_dynamics(args: argparse.Namespace) -> int:
+    draw_dynamics(args.distill, args.teacher, args.judge, args.out_dir)
+    log.info("training dynamics of %d distillation runs -> %s", len(args.distill), args.out_dir)
+    return 0
+
+
 def add_figures_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--table", required=True, help="results CSV (didi table)")
     parser.add_argument("--out-dir", required=True, help="figures directory")
@@ -392,4 +528,5 @@ def run_figures(args: argparse.Namespace) -> int:
 COMMANDS = {
     "table": (add_table_arguments, run_table),
     "figures": (add_figures_arguments, run_figures),
+    "dynamics": (add_dynamics_arguments, run_dynamics),
 }

@@ -131,6 +131,7 @@ def final_outputs():
         + [f"{R}/figures/{f}.{ext}" for f in FIGURES for ext in ("png", "pdf")]
         + [f"{R}/tables/{t}.md" for t in TABLES]
         + [f"{R}/teacher/metrics.json", f"{R}/judge/judge.json"]
+        + [f"{R}/figures/dynamics.{ext}" for ext in ("png", "pdf")]
     )
 
 

@@ -105,3 +105,42 @@ rule bench:
             "OMP_NUM_THREADS={threads} {DIDI} bench --config-json {params.config_json:q} --tokens {params.tokens}"
             " --tokenizer {input.tokenizer} --teacher {input.teacher} {params.student} --out-dir {params.out_dir}"
         )
+
+
+rule dynamics:
+    """Training curves: every distillation variant's history, the teacher's and the judge's loss."""
+    input:
+        distill=expand(
+            f"{R}/distill/{{variant}}/metrics.json", variant=config["distill"]["run"]
+        ),
+        teacher=rules.train_teacher.output.metrics,
+        judge=rules.train_judge.output.judge,
+    output:
+        **{
+            f"dynamics_{ext}": report(
+                f"{R}/figures/dynamics.{ext}",
+                caption="../report/dynamics.rst",
+                category="Figures",
+                subcategory=ext.upper(),
+            )
+            for ext in ("png", "pdf")
+        },
+    log:
+        f"{R}/logs/dynamics.log",
+    benchmark:
+        f"{R}/benchmarks/dynamics.tsv"
+    conda:
+        ENVS
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=runtime("light"),
+    params:
+        rerun_on=relevant("dynamics"),
+        config_json=command_config("dynamics"),
+        out_dir=parent_of("dynamics_png"),
+    shell:
+        logged(
+            "{DIDI} dynamics --config-json {params.config_json:q} --distill {input.distill}"
+            " --teacher {input.teacher} --judge {input.judge} --out-dir {params.out_dir}"
+        )
