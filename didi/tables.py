@@ -3,9 +3,9 @@
 `didi table` writes one row per evaluation JSON (`didi evaluate` / `didi reference`), in the order the files are
 given (the workflow lists the teacher first, then the students in `distill.run` order), with exactly these columns:
 
-    model                 "teacher", "student-<variant>" or "reference" (held-out real text)
-    variant               distillation variant ("" for the teacher and the reference)
-    sampler               "ancestral" or "rgas" ("" for the reference)
+    model                 "teacher", "student-<variant>", "gpt2" (the AR baseline) or "reference" (held-out text)
+    variant               distillation variant ("" for the teacher, the AR baseline and the reference)
+    sampler               "ancestral", "rgas" or "ar" (the AR baseline: one token per call) ("" for the reference)
     precision             categorical sampling precision, "float64" or "float32" ("" for the reference)
     nfe                   generator network function evaluations (steps K); empty for the reference
     temperature           softmax temperature of the sampler; empty for the reference
@@ -190,7 +190,8 @@ def plot_metric_vs_nfe(df: pd.DataFrame, metric: str, ylabel: str, log_y: bool):
         yerr = None
         if metric == "gen_ppl" and g["gen_ppl_lo"].notna().all():
             yerr = np.vstack([g["gen_ppl"] - g["gen_ppl_lo"], g["gen_ppl_hi"] - g["gen_ppl"]])
-        ax.errorbar(g["nfe"], g[metric], yerr=yerr, marker="o", capsize=3, label=line_label(model, sampler, precision))
+        ax.errorbar(g["nfe"], g[metric], yerr=yerr, marker="*" if sampler == "ar" else "o",  # AR: one point, NFE L-1
+                    markersize=12 if sampler == "ar" else 6, capsize=3, label=line_label(model, sampler, precision))
     ref = reference_row(df)
     if ref is not None:
         ax.axhline(ref[metric], color="black", linestyle="--", linewidth=1, label="real text (reference)")

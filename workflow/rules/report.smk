@@ -89,6 +89,7 @@ rule bench:
             "seed", "data", "model", "diffusion", "teacher", "sampling", "distill"
         ),
         tokens=parent_of("tokens", "input"),
+        baseline=parent_of("baseline", "input"),
         out_dir=parent_of(0),
         student=lambda wc, input: (
             f"--student {input.student} --discriminator {input.discriminator}"
@@ -97,5 +98,5 @@ rule bench:
         ),
     shell:
         "OMP_NUM_THREADS={threads} didi bench --config-json {params.cfg:q} --tokens {params.tokens}"
-        " --tokenizer {input.tokenizer} --teacher {input.teacher} {params.student}"
+        " --tokenizer {input.tokenizer} --teacher {input.teacher} {params.student} --baseline {params.baseline}"
         " --out-dir {params.out_dir} > {log} 2>&1"
