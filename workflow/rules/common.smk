@@ -74,7 +74,9 @@ def student_samples():
 
 def baseline_samples():
     """The AR baseline at T = 1 and over the teacher's temperature sweep (the PPL-vs-entropy frontier)."""
-    temperatures = {fmt_temperature(t) for t in [1.0, *config["sampling"]["temperatures"]]}
+    temperatures = {
+        fmt_temperature(t) for t in [1.0, *config["sampling"]["temperatures"]]
+    }
     return [("gpt2", "ar", "float32", BASELINE_NFE, t) for t in sorted(temperatures)]
 
 
