@@ -7,8 +7,8 @@
 
 Training (`baseline.pretrained: null`): a `transformers.GPT2LMHeadModel` of the teacher's size (width model.hidden,
 model.layers blocks, model.heads heads, context data.seq_len = L, dropout model.dropout) on the teacher's token
-blocks (tokens/train.npy, BOS ... EOS; the [MASK] id is never used), untied output layer as the teacher's, for the teacher's number of training tokens
-(teacher.steps x teacher.batch_size x L) with the teacher's recipe: AdamW (lr, betas, adam_eps, weight_decay),
+blocks (tokens/train.npy, BOS ... EOS; the [MASK] id is never used), with an untied output layer as the teacher's,
+for the teacher's number of training tokens (teacher.steps x teacher.batch_size x L) with the teacher's recipe: AdamW (lr, betas, adam_eps, weight_decay),
 linear warm-up then constant, grad_clip, and an EMA of the weights (teacher.ema) that is what gets saved and
 sampled, as the teacher's EMA is. The step is the judge's (`judge.lm_step`), the batches, EMA and checkpoints are
 the teacher's (`didi.train`): a run killed after a checkpoint resumes and repeats exactly the uninterrupted run.
@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import logging
 import math
 import shutil
@@ -41,7 +40,7 @@ import torch
 
 from didi import config as config_mod
 from didi import data, io, judge, train
-from didi.sample import file_seed, save_npy
+from didi.sample import file_seed, run_record, write_samples
 
 log = logging.getLogger("didi.baseline")
 
@@ -252,22 +251,12 @@ def sample_to_files(cfg: dict, baseline_dir: str | Path, tokenizer_dir: str | Pa
         "precision": PRECISION,  # float32 logits -> float32 softmax -> torch.multinomial (README)
         "temperature": float(temperature),
         "nfe": nfe(seq_len),
-        "network_calls": network_calls,
-        "network_calls_per_batch": network_calls / -(-num_samples // batch_size),
         "disc_forward_calls": 0,
         "disc_backward_calls": 0,
         "cache": True,
-        "seconds": seconds,
-        "tokens_per_s": num_samples * seq_len / seconds,
-        "num_samples": num_samples,
-        "batch_size": batch_size,
-        "seq_len": seq_len,
-        "seed": seed,
-        "device": str(device),
+        **run_record(num_samples, batch_size, seq_len, network_calls, seconds, seed, device),
     }
-    save_npy(Path(f"{out_stem}.npy"), ids.astype(data.token_dtype(special["mask"] + 1)))
-    io.write_text(Path(f"{out_stem}.jsonl"), "".join(json.dumps({"text": t}) + "\n" for t in texts))
-    io.write_metrics(Path(f"{out_stem}.json"), meta, cfg)
+    write_samples(out_stem, ids.astype(data.token_dtype(special["mask"] + 1)), texts, meta, cfg)
     log.info("%d samples in %.2f s (%.4g tokens/s, %d network calls) -> %s.{npy,jsonl,json}", num_samples, seconds,
              meta["tokens_per_s"], network_calls, out_stem)
     return meta

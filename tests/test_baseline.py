@@ -11,7 +11,7 @@ import scipy.stats
 import torch
 from safetensors.torch import load_file
 from test_tables import FIXTURE, REFERENCE, eval_json
-from test_train import L, make_tokenizer, repeat_blocks, tiny_cfg
+from test_train import L, tiny_cfg, workspace  # noqa: F401 (workspace: the teacher tests' fixture)
 
 from conftest import REPO, run_snakemake
 from didi import baseline, bench, evaluate, judge, tables, train
@@ -76,16 +76,6 @@ def test_generate_is_reproducible_from_the_seed():
 
 
 # ---------------------------------------------------------------------------------------------- training
-@pytest.fixture(scope="module")
-def workspace(tmp_path_factory):
-    root = tmp_path_factory.mktemp("baseline")
-    make_tokenizer(root / "tokenizer")
-    (root / "tokens").mkdir()
-    np.save(root / "tokens" / "train.npy", repeat_blocks(256, 0))
-    np.save(root / "tokens" / "validation.npy", repeat_blocks(64, 1))
-    return root
-
-
 @pytest.fixture(scope="module")
 def trained(workspace):
     cfg = tiny_cfg(steps=60, checkpoint_every=20)
@@ -158,7 +148,8 @@ def test_bench_section_times_baseline_teacher_and_student(workspace, trained, tm
     assert out["baseline"]["network_calls"] == L - 1 and out["teacher_full_nfe"]["nfe"] == L
     assert [r["nfe"] for r in out["student"]] == [2, 4]
     for r in out["student"]:
-        assert r["speedup_vs_baseline"] == pytest.approx(r["student"]["samples_per_s"] / out["baseline"]["samples_per_s"])
+        ratio = r["student"]["samples_per_s"] / out["baseline"]["samples_per_s"]
+        assert r["speedup_vs_baseline"] == pytest.approx(ratio)
     assert out["baseline_vs_teacher_full"] == pytest.approx(
         out["baseline"]["samples_per_s"] / out["teacher_full_nfe"]["samples_per_s"])
     assert json.loads((tmp_path / "baseline.json").read_text())["baseline"]["nfe"] == L - 1
