@@ -10,6 +10,7 @@ import pytest
 import scipy.stats
 import torch
 from safetensors.torch import load_file
+from transformers import AutoTokenizer
 from test_tables import FIXTURE, REFERENCE, eval_json
 from test_train import L, tiny_cfg, workspace  # noqa: F401 (workspace: the teacher tests' fixture)
 
@@ -198,3 +199,24 @@ def test_workflow_plans_the_baseline(preset, tmp_path):
     for t in ("0.70", "0.80", "0.90", "1.00"):
         assert f"{tmp_path}/eval/gpt2/ar_float32_nfe{seq_len - 1}_T{t}.json" in out
     assert "rule sample_baseline:" in out
+
+
+def test_pretrained_baseline_from_a_local_directory(workspace, tmp_path):
+    """`baseline.pretrained` names a model directory: nothing is trained, the pointer loads through the judge's
+    loader, its held-out perplexity is measured, and it samples like a trained one."""
+    torch.manual_seed(0)
+    model = judge.new_gpt2(42, {"bos": 0, "eos": 0, "pad": 1}, L, 16, 1, 2)
+    model.save_pretrained(str(tmp_path / "hub"))
+    AutoTokenizer.from_pretrained(str(workspace / "tokenizer")).save_pretrained(str(tmp_path / "hub"))
+    cfg = tiny_cfg()
+    cfg["baseline"]["pretrained"] = str(tmp_path / "hub")
+    info = baseline.prepare_pretrained_baseline(cfg, workspace / "tokens", tmp_path / "out")
+    assert not info["trained"] and info["path"] == str((tmp_path / "hub").resolve())
+    assert 20 < info["heldout_ppl"] < 80  # an untrained model over 42 ids: about uniform
+    assert not (tmp_path / "out" / "model").exists()
+    meta = baseline.sample_to_files(cfg, tmp_path / "out", workspace / "tokenizer", tmp_path / "s" / "x", 1.0, 4)
+    assert meta["weights"] == "pretrained" and meta["network_calls"] == L - 1
+
+    cfg["data"]["seq_len"] = 2 * L  # longer than the model's context
+    with pytest.raises(Exception, match="context"):
+        baseline.prepare_pretrained_baseline(cfg, workspace / "tokens", tmp_path / "out2")
