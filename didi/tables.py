@@ -199,7 +199,10 @@ def plot_metric_vs_nfe(df: pd.DataFrame, metric: str, ylabel: str, log_y: bool):
         _empty(ax, "generated")
     else:
         ax.set_xscale("log", base=2)
-        nfes = sorted(rows["nfe"].unique())
+        nfes = list(rows.loc[rows["sampler"] != "ar", "nfe"].unique())
+        # the AR baseline's NFE (L - 1) gets a tick only where it would not print on top of another (L)
+        nfes = sorted(nfes + [k for k in rows.loc[rows["sampler"] == "ar", "nfe"].unique()
+                              if all(abs(k - t) > 0.1 * t for t in nfes)])
         ax.set_xticks(nfes, [str(int(k)) for k in nfes])
     if log_y:
         ax.set_yscale("log")
