@@ -1,4 +1,6 @@
 # Two commands do all set-up: `make reproduce` (the embedded default, end to end) and `make test`.
+# No activation needed: the targets put the venv's bin first on PATH, and the rules run `didi` through the
+# Python that runs Snakemake.
 VENV ?= .venv
 PYTHON ?= python3
 CORES ?= all
@@ -10,7 +12,7 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(VENV)/bin/python -m pip install --quiet -e '.[dev]'
+	$(VENV)/bin/python -m pip install --quiet -e '.[dev,wandb]'
 	touch $@
 
 setup: $(VENV)/.installed

@@ -3,7 +3,11 @@
 # The rules are thin wrappers around `didi <command>`; the science lives in the didi/ package.
 
 
-from snakemake.utils import min_version, validate
+import os
+
+from snakemake.utils import min_version
+
+from didi.config import validate
 
 min_version("9.0")
 
@@ -11,7 +15,10 @@ min_version("9.0")
 configfile: "config.yaml"
 
 
-validate(config, "workflow/schemas/config.schema.yaml")
+# The schema and every cross-key check (variants, RGAS variants, NFE <= L, paths) before any job runs; the error
+# names the config file(s) and the key.
+config_files = dict.fromkeys(os.path.abspath(f) for f in workflow.configfiles)
+validate(config, source=", ".join(config_files) or "config", sweeps=True)
 
 
 report: "workflow/report/workflow.rst"
@@ -19,9 +26,11 @@ report: "workflow/report/workflow.rst"
 
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
+include: "workflow/rules/judge.smk"
 include: "workflow/rules/teacher.smk"
-include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/sample.smk"
 include: "workflow/rules/distill.smk"
+include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/baseline.smk"
 include: "workflow/rules/report.smk"
 

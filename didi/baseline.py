@@ -10,9 +10,9 @@ model.layers blocks, model.heads heads, context data.seq_len = L, dropout model.
 blocks (tokens/train.npy, BOS ... EOS; the [MASK] id is never used), with an untied output layer as the teacher's,
 for the teacher's number of training tokens (teacher.steps x teacher.batch_size x L) with the teacher's recipe: AdamW (lr, betas, adam_eps, weight_decay),
 linear warm-up then constant, grad_clip, and an EMA of the weights (teacher.ema) that is what gets saved and
-sampled, as the teacher's EMA is. The step is the judge's (`judge.lm_step`), the batches, EMA and checkpoints are
-the teacher's (`didi.train`): a run killed after a checkpoint resumes and repeats exactly the uninterrupted run.
-Its seeds derive from (seed, BASELINE_SEED_STREAM), apart from the teacher's and the judge's. Writes <out-dir>/model
+sampled, as the teacher's EMA is. The step is the judge's (`judge.lm_step`); the batches, EMA and checkpoints are
+the teacher's (`didi.train`, `didi.runtime`): a run killed after a checkpoint resumes and repeats exactly the
+uninterrupted run. Its seeds derive from (seed, BASELINE_SEED_STREAM), apart from the teacher's and the judge's. Writes <out-dir>/model
 (safetensors + our tokenizer) and <out-dir>/baseline.json (pointer + held-out perplexity, with provenance).
 
 `baseline.pretrained` set (paper scale: "gpt2", or a local directory): nothing is trained; baseline.json points at
@@ -31,7 +31,6 @@ import argparse
 import copy
 import logging
 import math
-import shutil
 import time
 from pathlib import Path
 
@@ -39,7 +38,7 @@ import numpy as np
 import torch
 
 from didi import config as config_mod
-from didi import data, io, judge, train
+from didi import data, io, judge, runtime, train
 from didi.sample import file_seed, run_record, write_samples
 
 log = logging.getLogger("didi.baseline")
@@ -65,13 +64,12 @@ def load_token_blocks(tokens_dir: str | Path, seq_len: int) -> tuple[np.ndarray,
     return out[0], out[1]
 
 
-def resume_key(cfg: dict, n_train_blocks: int) -> str:
+def resume_identity(cfg: dict, n_train_blocks: int) -> dict:
     """What a checkpoint must share with this run to be resumed (not teacher.steps, nor logging/eval cadence)."""
     cadence = {"steps", "log_every", "eval_every", "eval_batches", "checkpoint_every", "compile", "init_from"}
-    return io.config_hash({
+    return runtime.identity(config={
         "seed": cfg["seed"], "stream": BASELINE_SEED_STREAM, "seq_len": cfg["data"]["seq_len"], "model": cfg["model"],
-        "teacher": {k: v for k, v in cfg["teacher"].items() if k not in cadence}, "train_blocks": n_train_blocks,
-    })
+        "teacher": {k: v for k, v in cfg["teacher"].items() if k not in cadence}}, train_blocks=n_train_blocks)
 
 
 def check_vocab(model, blocks: np.ndarray, where: str) -> None:
@@ -88,30 +86,28 @@ def train_baseline(cfg: dict, tokens_dir: str | Path, tokenizer_dir: str | Path,
     t, m = cfg["teacher"], cfg["model"]
     out_dir = Path(out_dir)
     ckpt_root = out_dir / "checkpoints"
-    device = io.default_device()
+    info = runtime.start_process()  # one process: the step has no DDP
+    device = info.device
     tokenizer = data.load_pretrained_tokenizer(str(tokenizer_dir))
     special = data.special_ids(tokenizer)
     seq_len = cfg["data"]["seq_len"]
     train_blocks, val_blocks = load_token_blocks(tokens_dir, seq_len)
-    seed = train.derived_seed(cfg["seed"], BASELINE_SEED_STREAM)
+    seed = runtime.seed(cfg["seed"], BASELINE_SEED_STREAM)
 
-    torch.manual_seed(train.derived_seed(seed, train.INIT))
+    torch.manual_seed(runtime.seed(seed, train.INIT))
     # untied output layer, as the teacher's DiT (and checkpoints are plain safetensors, which refuse shared tensors)
     model = judge.new_gpt2(len(tokenizer), special, seq_len, m["hidden"], m["layers"], m["heads"], m["dropout"],
                            tie_embeddings=False).to(device)
     ema_model = copy.deepcopy(model).requires_grad_(False)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=t["lr"], betas=tuple(t["betas"]), eps=t["adam_eps"],
-                                  weight_decay=t["weight_decay"])
+    optimizer = train.new_optimizer(model, t)  # the teacher's AdamW
 
     step, history = 0, {"loss_curve": [], "wall_clock_s": 0.0}
-    key = resume_key(cfg, len(train_blocks))
-    done = train.checkpoint_dirs(ckpt_root)
-    if done and (done[-1] / "resume_key.txt").read_text().strip() == key and int(done[-1].name[5:]) <= t["steps"]:
-        step, history = train.load_checkpoint(done[-1], model, ema_model, optimizer, device)
-        log.info("resumed from %s (step %d)", done[-1], step)
-    elif done:
-        log.warning("not resuming from %s: another configuration or past teacher.steps; starting over", done[-1])
-        shutil.rmtree(ckpt_root)
+    identity = resume_identity(cfg, len(train_blocks))
+    modules = {"model": model, "ema": ema_model}
+    resumed = runtime.resume(ckpt_root, identity, modules, device, info, max_step=t["steps"])
+    if resumed is not None:
+        optimizer.load_state_dict(resumed["optimizer"])
+        step, history = int(resumed["step"]), resumed["history"]
 
     log.info("AR baseline: GPT-2 %.2fM parameters, vocab %d, L %d, %d train blocks, batch %d, %d steps (%d tokens, "
              "the teacher's), device %s", sum(p.numel() for p in model.parameters()) / 1e6, len(tokenizer), seq_len,
@@ -125,10 +121,10 @@ def train_baseline(cfg: dict, tokens_dir: str | Path, tokenizer_dir: str | Path,
     model.train()
     while step < stop:
         x = train.to_tensor(train_blocks[sampler.indices(step)], device)
-        torch.manual_seed(train.derived_seed(seed, train.DROPOUT, step))  # dropout masks: a function of the step
-        lr = train.learning_rate(step, t["lr"], t["warmup_steps"])
+        torch.manual_seed(runtime.seed(seed, train.DROPOUT, step))  # dropout masks: a function of the step
+        lr = runtime.warmup_lr(step, t["lr"], t["warmup_steps"])
         loss = judge.lm_step(model, optimizer, x, lr, t["grad_clip"])
-        train.ema_update(ema_model, model, t["ema"], step)
+        runtime.ema_update(ema_model, model, t["ema"], step, warmup=True)
         step += 1
         window_loss, window_steps = window_loss + float(loss), window_steps + 1
         if step % t["log_every"] == 0 or step == t["steps"]:
@@ -137,8 +133,8 @@ def train_baseline(cfg: dict, tokens_dir: str | Path, tokenizer_dir: str | Path,
             window_loss, window_steps = 0.0, 0
         if step % t["checkpoint_every"] == 0 and step < t["steps"]:
             seconds = history["wall_clock_s"] + time.perf_counter() - t_start
-            train.save_checkpoint(ckpt_root, step, model, ema_model, optimizer, {**history, "wall_clock_s": seconds},
-                                  key)
+            runtime.save_checkpoint(ckpt_root, step, modules, {"optimizer": optimizer.state_dict(),
+                                    "history": {**history, "wall_clock_s": seconds}}, identity)
     session_seconds = time.perf_counter() - t_start
     if step < t["steps"]:
         return None

@@ -8,7 +8,7 @@ Sections, each a function returning a dict and written to out-dir/<section>.json
 all plus the machine description:
  - teacher:  training tokens/s (the real training step: AdamW, clip, EMA, autocast per config) after warm-up
              steps, and sampler tokens/s at two NFEs (8 and L by default) with their ratio.
- - distill:  DiDi-Instruct iterations/s (didi.distill.benchmark_distill), when the config has a distill section.
+ - distill:  DiDi-Instruct iterations/s (bench_distill), when the config has a distill section.
  - speedup:  the student sampling at each distill.nfe (8, 16, ...) against the teacher at K = L (tokens/s ratio),
              and RGAS against plain ancestral sampling at the same NFE (wall-clock overhead, discriminator calls).
              Uses --student / --discriminator when given, else the teacher's weights in both roles (the networks
@@ -30,8 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from didi import config as config_mod
-from didi import data, io, train
+from didi import config, data, io, train
 
 log = logging.getLogger("didi.bench")
 
@@ -75,45 +74,32 @@ def peak_tflops(device_name: str, override: float | None) -> float | None:
 def build_teacher(cfg: dict, vocab: int, teacher_dir: str | Path | None, device: torch.device):
     """The trained teacher when given (sampling speed depends on what it predicts, through the cache), else a
     freshly initialised DiT of the config's size."""
-    from didi.model import DiT, DiTConfig, load_dit
+    from didi.model import load_dit
 
     if teacher_dir:
         model, _ = load_dit(teacher_dir, device)
         return model
-    torch.manual_seed(train.derived_seed(cfg["seed"], train.INIT))
-    return DiT(DiTConfig.from_config(cfg["model"], vocab, cfg["data"]["seq_len"])).to(device)
+    return train.new_teacher(cfg, vocab, device)
 
 
 def bench_training(cfg: dict, model: torch.nn.Module, blocks: np.ndarray, mask_id: int, warmup_steps: int,
                    timed_steps: int) -> dict:
-    """Tokens/s of train.train_step (one process, global batch teacher.batch_size) on a copy of `model`."""
-    from didi.diffusion import LogLinearSchedule
-
-    t = cfg["teacher"]
+    """Tokens/s of the teacher's training step (one process, global batch teacher.batch_size) on a copy of `model`."""
+    teacher_cfg = cfg["teacher"]
     device = next(model.parameters()).device
-    model = copy.deepcopy(model).train().requires_grad_(True)
-    ema_model = copy.deepcopy(model).float().requires_grad_(False)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=t["lr"], betas=tuple(t["betas"]), eps=t["adam_eps"],
-                                  weight_decay=t["weight_decay"])
-    model_fn = train.model_fn_of(torch.compile(model) if t["compile"] else model, device, t["bf16"])
-    schedule = LogLinearSchedule(cfg["diffusion"]["eps"])
-    sampler = train.BlockSampler(len(blocks), t["batch_size"], cfg["seed"])
-
-    def run(steps: range) -> None:
-        for step in steps:
-            x = train.to_tensor(blocks[sampler.indices(step)], device)
-            train.train_step(model, model_fn, ema_model, optimizer, x, slice(None), step, cfg, schedule, mask_id)
-
-    run(range(warmup_steps))  # allocator, autotuning, torch.compile
+    step = train.step_function(cfg, copy.deepcopy(model).train().requires_grad_(True), blocks, mask_id)
+    for i in range(warmup_steps):  # allocator, autotuning, torch.compile
+        step(i)
     synchronize(device)
     start = time.perf_counter()
-    run(range(warmup_steps, warmup_steps + timed_steps))
+    for i in range(warmup_steps, warmup_steps + timed_steps):
+        step(i)
     synchronize(device)
     seconds = time.perf_counter() - start
-    tokens = timed_steps * t["batch_size"] * blocks.shape[1]
+    tokens = timed_steps * teacher_cfg["batch_size"] * blocks.shape[1]
     return {"tokens_per_s": tokens / seconds, "steps_per_s": timed_steps / seconds, "timed_steps": timed_steps,
-            "warmup_steps": warmup_steps, "seconds": seconds, "global_batch": t["batch_size"],
-            "bf16": t["bf16"] and device.type == "cuda", "compile": t["compile"]}
+            "warmup_steps": warmup_steps, "seconds": seconds, "global_batch": teacher_cfg["batch_size"],
+            "bf16": teacher_cfg["bf16"] and device.type == "cuda", "compile": teacher_cfg["compile"]}
 
 
 def bench_sampler(cfg: dict, model: torch.nn.Module, mask_id: int, nfe: int, num_samples: int) -> dict:
@@ -123,19 +109,19 @@ def bench_sampler(cfg: dict, model: torch.nn.Module, mask_id: int, nfe: int, num
     from didi.sample import use_cache
 
     device = next(model.parameters()).device
-    d = cfg["diffusion"]
-    cache = use_cache(d, model)
+    diffusion_cfg = cfg["diffusion"]
+    cache = use_cache(diffusion_cfg, model)
     model.eval()
 
     gen = torch.Generator(device=device).manual_seed(cfg["seed"])
-    args = (LogLinearSchedule(d["eps"]), mask_id, gen, device, d["sampling_precision"], cache, 1.0,
-            d["sampling_t_end"])
+    args = (LogLinearSchedule(diffusion_cfg["eps"]), mask_id, gen, device, diffusion_cfg["sampling_precision"], cache,
+            1.0, diffusion_cfg["sampling_t_end"])
     sample(model, num_samples, model.config.seq_len, 2, *args)  # warm-up (sample runs under no_grad)
     result = sample(model, num_samples, model.config.seq_len, nfe, *args)
     tokens = num_samples * model.config.seq_len
     return {"nfe": nfe, "tokens_per_s": tokens / result.seconds, "seconds": result.seconds,
             "network_calls": result.network_calls, "num_samples": num_samples, "cache": cache,
-            "precision": d["sampling_precision"]}
+            "precision": diffusion_cfg["sampling_precision"]}
 
 
 # ---------------------------------------------------------------------------------------------- sections
@@ -168,10 +154,41 @@ def section_teacher(cfg: dict, ctx: dict) -> dict:
     }
 
 
-def section_distill(cfg: dict, ctx: dict) -> dict:
-    from didi.distill import benchmark_distill
+def bench_distill(teacher, tokens, mask_id: int, cfg: dict, iterations: int, variant: str = "full") -> dict:
+    """Distillation iterations/s of `variant` (one untimed warm-up iteration first). teacher: a DiT or a model
+    directory; tokens: [N, L] array or a .npy path."""
+    from didi.diffusion import LogLinearSchedule
+    from didi.distill import distill_step, run_distillation
+    from didi.model import load_dit
 
-    result = benchmark_distill(ctx["model"], ctx["blocks"], cfg, iterations=ctx["timed_steps"])
+    device = io.default_device()
+    if isinstance(teacher, (str, Path)):
+        teacher, _ = load_dit(teacher, device)
+    else:
+        teacher = copy.deepcopy(teacher).to(device)  # distillation freezes its teacher: leave the caller's alone
+    if isinstance(tokens, (str, Path)):
+        tokens = np.load(tokens, mmap_mode="r")
+    distill_cfg = cfg["distill"]
+    method = config.variant_method(cfg, variant) if variant in distill_cfg["variants"] else distill_cfg["method"]
+    if method["positives"] == "teacher":  # the throughput does not depend on where the positives come from
+        method = {**method, "positives": "data"}
+    state = run_distillation(teacher, tokens, {**distill_cfg, "iterations": 1}, method,
+                             LogLinearSchedule(cfg["diffusion"]["eps"]), mask_id, cfg["seed"], device, progress=False)
+    positives = torch.as_tensor(np.asarray(tokens[: distill_cfg["batch_size"]]).astype(np.int64)).to(device)
+    gen = torch.Generator(device=device).manual_seed(cfg["seed"])
+    synchronize(device)
+    start = time.perf_counter()
+    for _ in range(iterations):
+        distill_step(state, positives, gen)
+    synchronize(device)
+    seconds = time.perf_counter() - start
+    return {"iterations_per_s": iterations / seconds, "iterations": iterations, "seconds": seconds,
+            "variant": variant, "batch_size": distill_cfg["batch_size"], "group_size": distill_cfg["group_size"],
+            "device": str(device)}
+
+
+def section_distill(cfg: dict, ctx: dict) -> dict:
+    result = bench_distill(ctx["model"], ctx["blocks"], ctx["mask_id"], cfg, iterations=ctx["timed_steps"])
     log.info("distillation: %.3g iterations/s", result["iterations_per_s"])
     return result
 
@@ -183,14 +200,15 @@ def bench_rgas(cfg: dict, model: torch.nn.Module, discriminator: torch.nn.Module
     from didi.rgas import rgas_sample
 
     device = next(model.parameters()).device
-    d, r = cfg["diffusion"], cfg["distill"]["rgas"]
+    diffusion_cfg, rgas = cfg["diffusion"], cfg["distill"]["rgas"]
     model.eval()
 
     def run(k: int):
         gen = torch.Generator(device=device).manual_seed(cfg["seed"])
-        return rgas_sample(model, discriminator, num_samples, model.config.seq_len, k, LogLinearSchedule(d["eps"]),
-                           mask_id, gen, device, d["sampling_precision"], r["h_start"], r["h_end"], r["candidates"],
-                           r["tilt_fraction"], 1.0, d["sampling_t_end"])
+        return rgas_sample(model, discriminator, num_samples, model.config.seq_len, k,
+                           LogLinearSchedule(diffusion_cfg["eps"]), mask_id, gen, device,
+                           diffusion_cfg["sampling_precision"], rgas["h_start"], rgas["h_end"], rgas["candidates"],
+                           rgas["tilt_fraction"], 1.0, diffusion_cfg["sampling_t_end"])
 
     run(2)  # warm-up
     result = run(nfe)
@@ -244,9 +262,11 @@ def run_bench(cfg: dict, tokens_dir: str | Path, tokenizer_dir: str | Path, out_
     write the JSON files."""
     out_dir = Path(out_dir)
     device = io.default_device()
+    from didi.model import mask_id_of
+
     tokenizer = data.load_pretrained_tokenizer(str(tokenizer_dir))
-    mask_id = data.special_ids(tokenizer)["mask"]
-    model = build_teacher(cfg, mask_id + 1, teacher_dir, device)
+    model = build_teacher(cfg, len(tokenizer) + 1, teacher_dir, device)
+    mask_id = mask_id_of(model, tokenizer, teacher_dir, tokenizer_dir)
     blocks = data.load_blocks(Path(tokens_dir) / "train.npy")
     if blocks.shape[1] != model.config.seq_len:
         raise ValueError(f"{tokens_dir}/train.npy has blocks of {blocks.shape[1]} tokens, the model "
@@ -269,7 +289,7 @@ def run_bench(cfg: dict, tokens_dir: str | Path, tokenizer_dir: str | Path, out_
 
 # ---------------------------------------------------------------------------------------------- CLI
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    config_mod.add_arguments(p)
+    config.add_arguments(p)
     p.add_argument("--tokens", required=True, help="directory with train.npy")
     p.add_argument("--tokenizer", required=True, help="tokenizer directory")
     p.add_argument("--teacher", default=None, help="trained teacher directory (default: a fresh DiT of config size)")
@@ -285,7 +305,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    cfg = config_mod.from_args(args)
+    cfg = config.from_args(args)
     run_bench(cfg, args.tokens, args.tokenizer, args.out_dir, args.teacher, args.sections, args.nfe,
               args.warmup_steps, args.timed_steps, args.student, args.discriminator, args.peak_tflops,
               args.baseline)

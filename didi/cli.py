@@ -27,6 +27,7 @@ MODULES: dict[str, tuple[str, str]] = {
     "reference": ("didi.evaluate", "the same metrics for held-out real text"),
     "table": ("didi.tables", "collect evaluation files into the tidy results table"),
     "figures": ("didi.tables", "draw the figures and markdown tables from the results table"),
+    "check-inputs": ("didi.config", "check that teacher, token blocks and tokenizer agree on L and vocabulary"),
     "distill": ("didi.distill", "DiDi-Instruct distillation of the teacher into a few-step student"),
     "convert": ("didi.convert", "convert a released MDLM/DUO checkpoint into a didi model directory"),
     "bench": ("didi.bench", "benchmarks: training and sampling throughput, written to results/bench"),

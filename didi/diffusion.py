@@ -173,25 +173,35 @@ def sample_categorical(probs: torch.Tensor, generator: torch.Generator | None, p
 
 
 def ancestral_step(log_p_x0: torch.Tensor, z_t: torch.Tensor, alpha_t, alpha_s, mask_id: int,
-                   generator: torch.Generator | None, precision: str = "float64") -> torch.Tensor:
+                   generator: torch.Generator | None, precision: str = "float64", score: torch.Tensor | None = None):
     """One reverse step t -> s (alpha_s > alpha_t). Per masked position draw from weights
     (alpha_s - alpha_t) p(v | z_t) for real v and (1 - alpha_s) for staying [MASK]; observed positions are copied.
-    alpha_t, alpha_s: floats or [B] tensors; log_p_x0: SUBS log-probs [B, L, V+1]."""
+    alpha_t, alpha_s: floats or [B] tensors; log_p_x0: SUBS log-probs [B, L, V+1] (the draw never differentiates).
+
+    score: log-probs [B, L, V+1] (usually log_p_x0 itself, with grad): then returns (z_s, ell) with ell [B] the sum
+    over the positions revealed in this step of score[token], differentiable in score (a policy's log-likelihood
+    of its own draw, up to the reveal probabilities, which do not depend on the model)."""
     _check_precision(precision)
     dtype = torch.float64 if precision == "float64" else torch.float32
     B = z_t.shape[0]
     masked = z_t == mask_id
     if not masked.any():
-        return z_t.clone()
+        return z_t.clone() if score is None else (z_t.clone(), score.new_zeros(B))
     row = masked.nonzero(as_tuple=True)[0]
     alpha_t = _per_row(alpha_t, B, z_t.device, dtype)[row]
     alpha_s = _per_row(alpha_s, B, z_t.device, dtype)[row]
     # only the masked rows, [M, V+1], built in place: at paper scale these are the big tensors
-    weights = log_p_x0[masked].to(dtype).exp_().mul_((alpha_s - alpha_t)[:, None])
+    weights = log_p_x0.detach()[masked].to(dtype).exp_().mul_((alpha_s - alpha_t)[:, None])
     weights[:, mask_id] = 1 - alpha_s
+    drawn = sample_categorical(weights, generator, precision)
     z_s = z_t.clone()
-    z_s[masked] = sample_categorical(weights, generator, precision)
-    return z_s
+    z_s[masked] = drawn
+    if score is None:
+        return z_s
+    revealed = drawn != mask_id
+    token_score = score[masked].gather(-1, drawn[:, None]).squeeze(-1)
+    ell = score.new_zeros(B).index_add(0, row, torch.where(revealed, token_score, 0.0))
+    return z_s, ell
 
 
 @dataclasses.dataclass

@@ -59,12 +59,13 @@ def all_reduce_mean(x: torch.Tensor) -> torch.Tensor:
     return y / dist.get_world_size()
 
 
-def broadcast_object(obj):
-    if not dist.is_initialized():
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
+def all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
+    """Sum over ranks of a (non-differentiated) tensor, in float64; the tensor itself for one process."""
+    y = x.detach().double()
+    if dist.is_initialized():
+        y = y.clone()
+        dist.all_reduce(y, op=dist.ReduceOp.SUM)
+    return y
 
 
 def shard_rows(global_batch: int, info: DistInfo) -> slice:

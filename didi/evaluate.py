@@ -6,12 +6,20 @@ Generative perplexity (`gen_ppl`)
   1. Each sample's decoded text is retokenised with the JUDGE's tokenizer (`add_special_tokens=False`: the text
      already carries its BOS/EOS strings, which a GPT-2-style tokenizer maps back to its EOS id). Token counts can
      therefore differ from the generator's.
-  2. Scored positions (before chunking), by `evaluation.eos_policy`:
-       "mdlm":     every position >= 1 except EOS tokens after the first EOS at position >= 1 (method.md:
-                   "padding and EOS after the first are excluded"; MDLM's own rule, the default).
-       "truncate": positions 1 .. the first EOS at position >= 1, that EOS included; nothing after it.
-       "keep":     every position >= 1.
-     Position 0 is never scored (nothing conditions it). EOS at position 0 is the BOS of a wrapped block.
+  2. Scored positions (before chunking), by `evaluation.eos_policy`. Position 0 is never scored (nothing conditions
+     it); an EOS at position 0 is the BOS of a wrapped block.
+       "mdlm":          MDLM's and DiDi-Instruct's rule on the whole retokenised row, `valid = (cumsum(x == eos) == 1)
+                        | (x != eos)`: every non-EOS token, and only the first EOS of the row, position 0 INCLUDED in
+                        the count (so in a BOS-led sample no later EOS is scored). The default.
+       "official":      "mdlm" on the rows the official code builds: each row truncated to the model length L (the
+                        sample's own length) after retokenisation, then the rows of each batch of
+                        `evaluation.batch_size` right-padded to the batch's longest with EOS (the official code's pad
+                        for GPT-2), so the first padding EOS of a short row without an earlier EOS is scored. Put beside the paper's numbers like for like; the result
+                        depends on the batch composition.
+       "first_in_text": every position >= 1 except EOS tokens after the first EOS at position >= 1 (our earlier
+                        "mdlm": the first in-text EOS of a BOS-led sample is scored).
+       "truncate":      positions 1 .. the first EOS at position >= 1, that EOS included; nothing after it.
+       "keep":          every position >= 1.
   3. Sequences longer than the judge context (`n_positions`, 1024 for GPT-2 Large) are cut into consecutive
      chunks of that length, each scored on its own; as in MDLM's `compute_generative_perplexity`, the first token of
      every chunk is not scored (no context inside the chunk).
@@ -37,7 +45,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import re
 from pathlib import Path
 
 import numpy as np
@@ -48,7 +55,7 @@ from didi import config, io
 
 log = logging.getLogger("didi.evaluate")
 
-EOS_POLICIES = ("mdlm", "truncate", "keep")
+EOS_POLICIES = ("mdlm", "official", "first_in_text", "truncate", "keep")
 
 
 # ---------------------------------------------------------------------------------------------- judge
@@ -84,17 +91,35 @@ def score_mask(ids: list[int], eos_id: int | None, eos_policy: str) -> np.ndarra
     mask = np.arange(len(ids)) >= 1
     if eos_policy == "keep" or eos_id is None:
         return mask
+    if eos_policy in ("mdlm", "official"):
+        is_eos = ids == eos_id
+        return mask & ((np.cumsum(is_eos) == 1) | ~is_eos)
     eos = np.flatnonzero(ids[1:] == eos_id) + 1  # EOS positions >= 1; the first one stays scored
     if len(eos) and eos_policy == "truncate":
         mask[eos[0] + 1:] = False
-    elif len(eos) and eos_policy == "mdlm":
+    elif len(eos) and eos_policy == "first_in_text":
         mask[eos[1:]] = False
     return mask
 
 
+def official_rows(encoded: list[list[int]], eos_id: int, max_length: int, batch_size: int) -> list[list[int]]:
+    """The rows MDLM's `compute_generative_perplexity` scores: truncated to the model length, each batch padded to
+    its longest row with EOS (GPT-2 has no pad token; the official code sets pad = EOS). A judge with a pad token
+    of its own is padded with EOS too: its padding would otherwise count as text under the rule."""
+    rows = [list(ids[:max_length]) for ids in encoded]
+    padded = []
+    for start in range(0, len(rows), batch_size):
+        batch = rows[start:start + batch_size]
+        width = max(len(ids) for ids in batch)
+        padded += [ids + [eos_id] * (width - len(ids)) for ids in batch]
+    return padded
+
+
 @torch.inference_mode()
-def gen_ppl(texts: list[str], model, tokenizer, batch_size: int, eos_policy: str, context: int | None = None) -> dict:
+def gen_ppl(texts: list[str], model, tokenizer, batch_size: int, eos_policy: str, context: int | None = None,
+            max_length: int | None = None) -> dict:
     """Generative perplexity of `texts` under the judge `model` (see the module docstring for the exact rules).
+    `max_length`: the generator's length L, which the "official" policy truncates to.
 
     Returns {"ppl", "nll" [n] per-sample NLL sums (nats), "tokens" [n] per-sample scored-token counts,
     "judge_tokens" [n] retokenised lengths, "total_nll", "total_tokens", "features" [n, d] float32 (MAUVE)}.
@@ -106,7 +131,12 @@ def gen_ppl(texts: list[str], model, tokenizer, batch_size: int, eos_policy: str
 
     if not texts:
         raise ValueError("no texts to score")
-    encoded = tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+    retokenised = tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+    encoded = retokenised
+    if eos_policy == "official":
+        if not max_length:
+            raise ValueError("eos_policy 'official' truncates to the model length: pass max_length")
+        encoded = official_rows(retokenised, eos_id, max_length, batch_size)
     masks = [score_mask(ids, eos_id, eos_policy) for ids in encoded]
     # Positions past the last scored one cannot influence scored ones (causal judge): do not feed them.
     lengths = [int(np.flatnonzero(m)[-1]) + 1 if m.any() else min(len(ids), 1) for ids, m in zip(encoded, masks)]
@@ -160,7 +190,7 @@ def gen_ppl(texts: list[str], model, tokenizer, batch_size: int, eos_policy: str
         "ppl": float(np.exp(total_nll / total_tokens)),
         "nll": nll,
         "tokens": tokens,
-        "judge_tokens": np.array([len(e) for e in encoded], dtype=np.int64),
+        "judge_tokens": np.array([len(e) for e in retokenised], dtype=np.int64),
         "total_nll": total_nll,
         "total_tokens": total_tokens,
         "features": features,
@@ -231,15 +261,16 @@ def frontier_area(divergence_curve: np.ndarray) -> float:
     return 0.5 * (area(x, y) + area(y, x))
 
 
-def judge_features(texts: list[str], model, tokenizer, batch_size: int, eos_policy: str, context=None) -> np.ndarray:
-    return gen_ppl(texts, model, tokenizer, batch_size, eos_policy, context)["features"]
+def judge_features(texts: list[str], model, tokenizer, batch_size: int, eos_policy: str, context=None,
+                   max_length: int | None = None) -> np.ndarray:
+    return gen_ppl(texts, model, tokenizer, batch_size, eos_policy, context, max_length)["features"]
 
 
 def mauve_score(p_texts, q_texts, model, tokenizer, mauve_cfg: dict, seed: int, batch_size: int = 16,
-                eos_policy: str = "truncate", context: int | None = None) -> dict:
+                eos_policy: str = "truncate", context: int | None = None, max_length: int | None = None) -> dict:
     """MAUVE of generated texts P against real texts Q, on judge features computed here in float32."""
-    p = judge_features(p_texts, model, tokenizer, batch_size, eos_policy, context)
-    q = judge_features(q_texts, model, tokenizer, batch_size, eos_policy, context)
+    p = judge_features(p_texts, model, tokenizer, batch_size, eos_policy, context, max_length)
+    q = judge_features(q_texts, model, tokenizer, batch_size, eos_policy, context, max_length)
     return mauve_from_features(p, q, mauve_cfg, seed)
 
 
@@ -249,7 +280,8 @@ def measure(texts: list[str], ids: np.ndarray, model, tokenizer, cfg: dict, q_te
     ev, seed = cfg["evaluation"], cfg["seed"]
     if len(texts) != len(ids):
         raise ValueError(f"{len(texts)} texts but {len(ids)} id rows")
-    ppl = gen_ppl(texts, model, tokenizer, ev["batch_size"], ev["eos_policy"])
+    max_length = np.asarray(ids).shape[1]  # the generator's L ("official" truncates the retokenised rows to it)
+    ppl = gen_ppl(texts, model, tokenizer, ev["batch_size"], ev["eos_policy"], max_length=max_length)
     lo, hi = bootstrap_ppl(ppl["nll"], ppl["tokens"], ev["bootstrap"], ev["confidence"], seed)
     per_sample_ppl = np.exp(ppl["nll"] / np.maximum(ppl["tokens"], 1))
     row = {
@@ -273,7 +305,8 @@ def measure(texts: list[str], ids: np.ndarray, model, tokenizer, cfg: dict, q_te
         n = min(len(texts), len(q_texts))
         if n < len(texts):
             log.warning("only %d reference texts for %d samples: MAUVE uses the first %d of each", n, len(texts), n)
-        q_features = judge_features(q_texts[:n], model, tokenizer, ev["batch_size"], ev["eos_policy"])
+        q_features = judge_features(q_texts[:n], model, tokenizer, ev["batch_size"], ev["eos_policy"],
+                                    max_length=max_length)
         row.update(mauve_from_features(ppl["features"][:n], q_features, ev["mauve"], seed))
     return row
 
@@ -298,22 +331,13 @@ def save_npy(path: str | Path, array: np.ndarray) -> None:
         np.save(f, array)
 
 
-STEM_RE = re.compile(r"(?P<sampler>[a-z]+)_(?P<precision>float\d+)_nfe(?P<nfe>\d+)_T(?P<temperature>\d+\.\d+)$")
-
-
 def sample_fields(samples: Path, meta: dict) -> dict:
-    """The identity of a sample file: the sample meta, with model/variant from its directory and the stem's
-    sampler/precision/nfe/temperature where the meta does not say."""
+    """The identity of a sample file: its own meta (sampler, precision, nfe, temperature, ... as the sampler wrote
+    them), with model/variant from its directory."""
     model = samples.parent.name
     fields = {k: v for k, v in meta.items() if k != "provenance"}
     if "provenance" in meta:
         fields["sample_provenance"] = meta["provenance"]
-    parsed = STEM_RE.search(samples.name)
-    if parsed:
-        fields.setdefault("sampler", parsed["sampler"])
-        fields.setdefault("precision", parsed["precision"])
-        fields.setdefault("nfe", int(parsed["nfe"]))
-        fields.setdefault("temperature", float(parsed["temperature"]))
     fields["model"] = model
     fields["variant"] = model.removeprefix("student-") if model.startswith("student-") else ""
     return fields

@@ -25,6 +25,7 @@ from typing import Any, Iterator
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 log = logging.getLogger("didi")
@@ -127,13 +128,17 @@ def load_tensors(path: str | os.PathLike, device: str = "cpu") -> dict[str, torc
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"weights file not found: {path}")
-    return load_file(str(path), device=device)
+    try:
+        return load_file(str(path), device=device)
+    except SafetensorError as err:
+        raise ValueError(f"{path}: not a readable safetensors file, truncated or corrupt ({err}); "
+                         f"delete it and rerun the step that wrote it") from err
 
 
 def save_model_dir(out_dir: str | os.PathLike, state_dict: dict[str, torch.Tensor], config: dict, **extra: Any) -> None:
     """An HF-style model directory: `model.safetensors` + `config.json` (+ extra JSON files), replaced whole."""
     with atomic_dir(out_dir) as tmp:
-        save_file({k: v.detach().contiguous().cpu() for k, v in state_dict.items()}, str(tmp / "model.safetensors"))
+        save_tensors(tmp / "model.safetensors", state_dict)  # umask's permissions, not safetensors' private 0600
         (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
         for name, obj in extra.items():
             (tmp / f"{name}.json").write_text(json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")

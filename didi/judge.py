@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from didi import config, data, io
+from didi import config, data, io, runtime
 
 log = logging.getLogger("didi.judge")
 
@@ -125,43 +125,50 @@ def train_judge(cfg: dict, corpus_dir: str | Path, tokenizer_dir: str | Path, ou
     """Train the local GPT-2 judge (judge.pretrained null) and write <out_dir>/model + judge.json."""
     from transformers import AutoTokenizer
 
-    j = cfg["judge"]
+    judge_cfg = cfg["judge"]
     out_dir = Path(out_dir)
-    if j["seq_len"] > j["n_positions"]:
-        raise config.ConfigError(f"judge.seq_len ({j['seq_len']}) exceeds judge.n_positions ({j['n_positions']})")
+    if judge_cfg["seq_len"] > judge_cfg["n_positions"]:
+        raise config.ConfigError(f"judge.seq_len ({judge_cfg['seq_len']}) exceeds judge.n_positions "
+                                 f"({judge_cfg['n_positions']})")
     device = io.default_device()
     tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir), local_files_only=True)
     special = data.special_ids(tokenizer)
     num_proc = cfg.get("data", {}).get("num_proc", 1)
-    train = judge_blocks(tokenizer, data.read_split(corpus_dir, "train"), j["seq_len"], num_proc)
-    validation = judge_blocks(tokenizer, data.read_split(corpus_dir, "validation"), j["seq_len"], num_proc)
+    train = judge_blocks(tokenizer, data.read_split(corpus_dir, "train"), judge_cfg["seq_len"], num_proc)
+    validation = judge_blocks(tokenizer, data.read_split(corpus_dir, "validation"), judge_cfg["seq_len"], num_proc)
     if len(train) == 0:
-        raise ValueError(f"the train split is shorter than one judge block of {j['seq_len']} tokens")
+        raise ValueError(f"the train split is shorter than one judge block of {judge_cfg['seq_len']} tokens")
 
     io.seed_everything(cfg["seed"])  # weight init and dropout draw from torch's global generator
-    model = new_gpt2(len(tokenizer), special, j["n_positions"], j["n_embd"], j["n_layer"], j["n_head"]).to(device)
+    model = new_gpt2(len(tokenizer), special, judge_cfg["n_positions"], judge_cfg["n_embd"], judge_cfg["n_layer"],
+                     judge_cfg["n_head"]).to(device)
     batches = torch.Generator().manual_seed(cfg["seed"] + 1)  # which blocks each step sees
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": WEIGHT_DECAY},
-                                   {"params": no_decay, "weight_decay": 0.0}], lr=j["lr"], betas=BETAS)
-    ppl_init, _ = heldout_perplexity(model, validation, j["batch_size"], j["eval_batches"], special["pad"], device)
+                                   {"params": no_decay, "weight_decay": 0.0}], lr=judge_cfg["lr"], betas=BETAS)
+    ppl_init, _ = heldout_perplexity(model, validation, judge_cfg["batch_size"], judge_cfg["eval_batches"],
+                                     special["pad"], device)
     log.info("judge: %d params, %d train / %d validation blocks of %d, held-out ppl at init %.1f (vocab %d)",
-             sum(p.numel() for p in model.parameters()), len(train), len(validation), j["seq_len"], ppl_init,
+             sum(p.numel() for p in model.parameters()), len(train), len(validation), judge_cfg["seq_len"], ppl_init,
              len(tokenizer))
 
-    progress = io.Progress(total=j["steps"], every=j["log_every"], desc="judge", unit="step")
+    progress = io.Progress(total=judge_cfg["steps"], every=judge_cfg["log_every"], desc="judge", unit="step")
+    wandb_run = runtime.start_wandb(cfg, out_dir, "judge")
     model.train()
     t0 = time.perf_counter()
-    for step in range(j["steps"]):
-        lr = learning_rate(step, j["lr"], j["warmup_steps"], j["steps"])
-        rows = torch.randint(len(train), (j["batch_size"],), generator=batches).numpy()
+    for step in range(judge_cfg["steps"]):
+        lr = learning_rate(step, judge_cfg["lr"], judge_cfg["warmup_steps"], judge_cfg["steps"])
+        rows = torch.randint(len(train), (judge_cfg["batch_size"],), generator=batches).numpy()
         x = torch.from_numpy(np.asarray(train[rows]).astype(np.int64)).to(device)
         loss = lm_step(model, optimizer, x, lr, 1.0)
         progress.update(step + 1, loss=loss.item(), lr=lr)
+        if wandb_run and (step + 1) % judge_cfg["log_every"] == 0:
+            wandb_run.log({"judge/loss": loss.item(), "judge/lr": lr}, step=step + 1)
     seconds = time.perf_counter() - t0
 
-    ppl, tokens = heldout_perplexity(model, validation, j["batch_size"], j["eval_batches"], special["pad"], device)
+    ppl, tokens = heldout_perplexity(model, validation, judge_cfg["batch_size"], judge_cfg["eval_batches"],
+                                     special["pad"], device)
     log.info("judge: held-out perplexity %.2f over %d tokens (init %.1f)", ppl, tokens, ppl_init)
     model.cpu()
     with io.atomic_dir(out_dir / "model") as tmp:
@@ -169,12 +176,15 @@ def train_judge(cfg: dict, corpus_dir: str | Path, tokenizer_dir: str | Path, ou
         tokenizer.save_pretrained(str(tmp))
     info = {
         "path": "model", "tokenizer": "model", "trained": True,  # relative to the judge directory
-        "heldout_ppl": ppl, "heldout_tokens": tokens, "heldout_ppl_init": ppl_init, "steps": j["steps"],
-        "seq_len": j["seq_len"], "train_blocks": len(train), "validation_blocks": len(validation),
+        "heldout_ppl": ppl, "heldout_tokens": tokens, "heldout_ppl_init": ppl_init, "steps": judge_cfg["steps"],
+        "seq_len": judge_cfg["seq_len"], "train_blocks": len(train), "validation_blocks": len(validation),
         "final_train_loss": loss.item(), "train_seconds": seconds, "vocab": len(tokenizer),
         "params": sum(p.numel() for p in model.parameters()),
     }
     io.write_metrics(out_dir / "judge.json", info, cfg)
+    if wandb_run:
+        wandb_run.log({"judge/heldout_ppl": ppl}, step=judge_cfg["steps"])
+        wandb_run.finish()
     return info
 
 
@@ -182,8 +192,8 @@ def prepare_pretrained_judge(cfg: dict, corpus_dir: str | Path, out_dir: str | P
     """A pretrained judge (hub name or local directory): measure its held-out perplexity, write judge.json."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    j = cfg["judge"]
-    name = j["pretrained"]
+    judge_cfg = cfg["judge"]
+    name = judge_cfg["pretrained"]
     local = Path(name).expanduser()
     path = str(local.resolve()) if local.is_dir() else name  # absolute, so the pointer survives a change of cwd
     device = io.default_device()
@@ -191,10 +201,11 @@ def prepare_pretrained_judge(cfg: dict, corpus_dir: str | Path, out_dir: str | P
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, local_files_only=local.is_dir())
     model.to(device).eval()
     context = getattr(model.config, "n_positions", None) or model.config.max_position_embeddings
-    seq_len = min(j["seq_len"], context)
+    seq_len = min(judge_cfg["seq_len"], context)
     validation = judge_blocks(tokenizer, data.read_split(corpus_dir, "validation"), seq_len,
                               cfg.get("data", {}).get("num_proc", 1))
-    ppl, tokens = heldout_perplexity(model, validation, j["batch_size"], j["eval_batches"], None, device)
+    ppl, tokens = heldout_perplexity(model, validation, judge_cfg["batch_size"], judge_cfg["eval_batches"], None,
+                                     device)
     log.info("judge %s: held-out perplexity %.2f over %d tokens", name, ppl, tokens)
     info = {"path": path, "tokenizer": path, "trained": False, "heldout_ppl": ppl, "heldout_tokens": tokens,
             "seq_len": seq_len, "vocab": len(tokenizer)}

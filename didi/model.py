@@ -268,3 +268,12 @@ def load_dit(model_dir, device="cpu") -> tuple[DiT, dict]:
     except RuntimeError as err:  # shape mismatches
         raise ValueError(f"{model_dir}/model.safetensors: {err}") from err
     return model.to(device).eval(), config
+
+
+def mask_id_of(model: DiT, tokenizer, model_dir, tokenizer_dir) -> int:
+    """[MASK] = len(tokenizer), the id after the tokenizer's own, which must be the model's last id."""
+    mask_id = len(tokenizer)
+    if model.config.vocab_size != mask_id + 1:
+        raise ValueError(f"{model_dir}: model vocab {model.config.vocab_size} != len(tokenizer) + 1 = {mask_id + 1} "
+                         f"(was it trained with tokenizer {tokenizer_dir}?)")
+    return mask_id

@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from didi import config as config_mod
-from didi import data, io
+from didi import config, data, io
+from didi.diffusion import PRECISIONS
 
 log = logging.getLogger("didi.sample")
 
@@ -67,7 +67,7 @@ def sample_to_files(cfg: dict, model_dir: str | Path, tokenizer_dir: str | Path,
     """Sample `num_samples` sequences in batches of cfg sampling.batch_size; write <out_stem>.{npy,jsonl,json}.
     Returns the metadata written to <out_stem>.json (without provenance)."""
     from didi.diffusion import LogLinearSchedule, sample
-    from didi.model import load_dit
+    from didi.model import load_dit, mask_id_of
 
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r} (known: {', '.join(SAMPLERS)})")
@@ -76,11 +76,8 @@ def sample_to_files(cfg: dict, model_dir: str | Path, tokenizer_dir: str | Path,
     out_stem = Path(out_stem)
     device = io.default_device()
     tokenizer = data.load_pretrained_tokenizer(str(tokenizer_dir))
-    mask_id = data.special_ids(tokenizer)["mask"]
     model, model_json = load_dit(model_dir, device)
-    if model.config.vocab_size != mask_id + 1:
-        raise ValueError(f"{model_dir}: model vocab {model.config.vocab_size} != len(tokenizer) + 1 = {mask_id + 1} "
-                         f"(was it trained with tokenizer {tokenizer_dir}?)")
+    mask_id = mask_id_of(model, tokenizer, model_dir, tokenizer_dir)
     seq_len = model.config.seq_len
     schedule = LogLinearSchedule(cfg["diffusion"]["eps"])
     t_end = cfg["diffusion"]["sampling_t_end"]
@@ -142,12 +139,12 @@ def sample_to_files(cfg: dict, model_dir: str | Path, tokenizer_dir: str | Path,
 
 # ---------------------------------------------------------------------------------------------- CLI
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    config_mod.add_arguments(p)
+    config.add_arguments(p)
     p.add_argument("--model-dir", required=True, help="a model directory written by save_dit (teacher or student)")
     p.add_argument("--tokenizer", required=True, help="tokenizer directory")
     p.add_argument("--nfe", type=int, required=True, help="K, the number of sampler steps")
-    p.add_argument("--precision", choices=["float64", "float32"], default=None,
-                   help="categorical sampling precision (default: diffusion.sampling_precision)")
+    p.add_argument("--precision", choices=PRECISIONS, required=True,
+                   help="categorical sampling precision (the workflow passes diffusion.sampling_precision)")
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--num-samples", type=int, default=None, help="default: sampling.num_samples")
     p.add_argument("--sampler", choices=SAMPLERS, default="ancestral")
@@ -156,10 +153,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    cfg = config_mod.from_args(args)
+    cfg = config.from_args(args)
     start = time.perf_counter()
     sample_to_files(cfg, args.model_dir, args.tokenizer, args.out, args.nfe,
-                    args.precision or cfg["diffusion"]["sampling_precision"], args.temperature,
+                    args.precision, args.temperature,
                     args.num_samples or cfg["sampling"]["num_samples"], args.sampler, args.discriminator)
     log.info("total %.1f s", time.perf_counter() - start)
     return 0

@@ -17,9 +17,10 @@ given (the workflow lists the teacher first, then the students in `distill.run` 
     mauve                 MAUVE against held-out real text on judge features (the reference: set a vs set b)
     num_samples           samples scored (every generated sample)
     scored_tokens         judge tokens scored in total
-    network_calls         generator forward passes actually run (<= nfe with the unchanged-state cache)
-    disc_forward_calls    discriminator forward passes (RGAS; 0 otherwise)
-    disc_backward_calls   discriminator backward passes (RGAS gradient tilting; 0 otherwise)
+    network_calls_per_batch  generator forward passes actually run per sampling batch (<= nfe with the
+                          unchanged-state cache; a file of 2 batches at NFE 8 makes 16 calls, 8 per batch)
+    disc_forward_calls    discriminator forward passes over the whole file (RGAS; 0 otherwise)
+    disc_backward_calls   discriminator backward passes over the whole file (RGAS gradient tilting; 0 otherwise)
     sampling_seconds      wall-clock of sampling
     tokens_per_s          generated tokens per second of sampling wall-clock
     judge                 judge identifier (hub name/directory, or local-gpt2-<layers>L-<width>d)
@@ -47,13 +48,22 @@ log = logging.getLogger("didi.tables")
 COLUMNS = [
     "model", "variant", "sampler", "precision", "nfe", "temperature", "seed",
     "gen_ppl", "gen_ppl_lo", "gen_ppl_hi", "entropy", "entropy_std", "mauve",
-    "num_samples", "scored_tokens", "network_calls", "disc_forward_calls", "disc_backward_calls",
+    "num_samples", "scored_tokens", "network_calls_per_batch", "disc_forward_calls", "disc_backward_calls",
     "sampling_seconds", "tokens_per_s", "judge", "weights", "config_hash", "git_commit",
 ]
-INTEGER_COLUMNS = ["nfe", "seed", "num_samples", "scored_tokens", "network_calls", "disc_forward_calls",
+INTEGER_COLUMNS = ["nfe", "seed", "num_samples", "scored_tokens", "network_calls_per_batch", "disc_forward_calls",
                    "disc_backward_calls"]
 FIGURES = ["gen_ppl_vs_nfe", "entropy_vs_nfe", "ppl_vs_entropy", "ablation"]
 TABLES = ["main_table", "ablation_table"]
+
+
+def calls_per_batch(ev: dict) -> float | None:
+    """Generator calls per sampling batch: the sample file's own figure, or its total over its batches."""
+    if "network_calls_per_batch" in ev:
+        return ev["network_calls_per_batch"]
+    if "network_calls" in ev and ev.get("batch_size"):
+        return ev["network_calls"] / -(-ev["num_samples"] // ev["batch_size"])
+    return ev.get("nfe")
 
 
 def _first(d: dict, *keys, default=None):
@@ -90,7 +100,7 @@ def row_from_eval(ev: dict) -> dict:
         "mauve": ev.get("mauve"),
         "num_samples": ev["num_samples"],
         "scored_tokens": ev["scored_tokens"],
-        "network_calls": _first(ev, "network_calls", default=None if is_reference else ev.get("nfe")),
+        "network_calls_per_batch": None if is_reference else calls_per_batch(ev),
         "disc_forward_calls": _first(ev, "disc_forward_calls", "discriminator_forward_calls",
                                      default=None if is_reference else 0),
         "disc_backward_calls": _first(ev, "disc_backward_calls", "discriminator_backward_calls",

@@ -6,7 +6,8 @@
 Determinism is by construction, not by saved RNG state: the blocks of global batch `step`, the MDLM time/mask
 noise of each of its rows and the dropout masks are all drawn from generators seeded by (seed, step), so
  - a run killed after a checkpoint and re-run (it resumes from the latest complete checkpoint) repeats exactly
-   the steps an uninterrupted run would have taken, and
+   the steps an uninterrupted run would have taken (a checkpoint of another configuration or other code is not
+   resumed: runtime.resume), and
  - N processes, each taking its slice of the same global batch and the same noise, compute the same averaged
    gradient as one process (up to float summation order; with dropout 0, since dropout masks are drawn per rank).
 Only rank 0 logs and writes.
@@ -19,30 +20,20 @@ import contextlib
 import copy
 import logging
 import math
-import shutil
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from didi import config as config_mod
-from didi import data, distributed, io
+from didi import config, data, distributed, io, runtime
 from didi.diffusion import mdlm_loss
 
 log = logging.getLogger("didi.train")
 
-# Streams of derived seeds: each kind of random draw has its own, so adding one never shifts another.
+# Streams of seeds (runtime.seed(cfg seed, STREAM, ...)): each kind of draw has its own, so adding one never
+# shifts another.
 INIT, DATA_ORDER, NOISE, DROPOUT, EVAL_NOISE = 0, 1, 2, 3, 4
-
-
-def derived_seed(*parts: int) -> int:
-    """A 63-bit seed that is a stable function of integer `parts` (same on every machine and Python run)."""
-    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1, np.uint64)[0] >> np.uint64(1))
-
-
-def generator(*parts: int, device: torch.device | str = "cpu") -> torch.Generator:
-    return torch.Generator(device=device).manual_seed(derived_seed(*parts))
 
 
 # ---------------------------------------------------------------------------------------------- batches
@@ -57,7 +48,8 @@ class BlockSampler:
     def permutation(self, epoch: int) -> torch.Tensor:
         if epoch not in self._perms:
             self._perms = {k: v for k, v in self._perms.items() if k >= epoch - 1}  # keep memory bounded
-            self._perms[epoch] = torch.randperm(self.n_blocks, generator=generator(self.seed, DATA_ORDER, epoch))
+            order = runtime.generator(self.seed, DATA_ORDER, epoch)
+            self._perms[epoch] = torch.randperm(self.n_blocks, generator=order)
         return self._perms[epoch]
 
     def indices(self, step: int) -> np.ndarray:
@@ -75,22 +67,6 @@ def to_tensor(blocks: np.ndarray, device: torch.device) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------------------------------- pieces
-def learning_rate(step: int, lr: float, warmup_steps: int) -> float:
-    """Linear warm-up to `lr`, then constant (the MDLM recipe)."""
-    return lr * min(1.0, (step + 1) / max(1, warmup_steps))
-
-
-@torch.no_grad()
-def ema_update(ema_model: torch.nn.Module, model: torch.nn.Module, decay: float, step: int) -> None:
-    """EMA in float32 of every parameter. The decay warms up as min(decay, (1 + n) / (10 + n)) (as MDLM's EMA
-    does), so short runs are not dominated by the random initialisation."""
-    d = min(decay, (1 + step) / (10 + step))
-    for e, p in zip(ema_model.parameters(), model.parameters()):
-        e.lerp_(p.detach().float(), 1.0 - d)
-    for e, b in zip(ema_model.buffers(), model.buffers()):
-        e.copy_(b)
-
-
 def autocast(device: torch.device, bf16: bool):
     """bf16 autocast on CUDA only (CPU runs stay float32: they are the tested, reproducible path)."""
     if bf16 and device.type == "cuda":
@@ -112,7 +88,7 @@ def validation_nats(model, blocks: np.ndarray, schedule, mask_id: int, cfg: dict
 
     model.eval()
     model_fn = model_fn_of(model, device, cfg["teacher"]["bf16"])
-    gen = generator(cfg["seed"], EVAL_NOISE, device=device)
+    gen = runtime.generator(cfg["seed"], EVAL_NOISE, device=device)
     total = 0.0
     for start in range(0, len(blocks), batch_size):
         x = to_tensor(blocks[start:start + batch_size], device)
@@ -121,65 +97,67 @@ def validation_nats(model, blocks: np.ndarray, schedule, mask_id: int, cfg: dict
     return total / len(blocks)
 
 
+def new_teacher(cfg: dict, vocab: int, device: torch.device):
+    """A freshly initialised DiT of the config's size, the same on every rank and every run (seeded)."""
+    from didi.model import DiT, DiTConfig
+
+    torch.manual_seed(runtime.seed(cfg["seed"], INIT))
+    return DiT(DiTConfig.from_config(cfg["model"], vocab, cfg["data"]["seq_len"])).to(device)
+
+
+def new_optimizer(model: torch.nn.Module, teacher_cfg: dict) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(model.parameters(), lr=teacher_cfg["lr"], betas=tuple(teacher_cfg["betas"]),
+                             eps=teacher_cfg["adam_eps"], weight_decay=teacher_cfg["weight_decay"])
+
+
 def train_step(model, model_fn, ema_model, optimizer, x_global: torch.Tensor, rows: slice, step: int, cfg: dict,
                schedule, mask_id: int, rank: int = 0) -> tuple[torch.Tensor, float]:
     """One optimiser step on this rank's rows of global batch `step` (model_fn may wrap `model` in DDP/compile).
     Returns (the detached local loss, the learning rate used)."""
-    t = cfg["teacher"]
-    lr = learning_rate(step, t["lr"], t["warmup_steps"])
+    teacher_cfg = cfg["teacher"]
+    lr = runtime.warmup_lr(step, teacher_cfg["lr"], teacher_cfg["warmup_steps"])
     for group in optimizer.param_groups:
         group["lr"] = lr
-    torch.manual_seed(derived_seed(cfg["seed"], DROPOUT, step, rank))  # dropout masks: f(seed, step, rank)
-    noise = generator(cfg["seed"], NOISE, step, device=x_global.device)
+    torch.manual_seed(runtime.seed(cfg["seed"], DROPOUT, step, rank))  # dropout masks: f(seed, step, rank)
+    noise = runtime.generator(cfg["seed"], NOISE, step, device=x_global.device)
     # noise drawn for the global batch, evaluated on this rank's rows (diffusion.mdlm_loss's `rows`)
     loss, _ = mdlm_loss(model_fn, x_global, schedule, mask_id, noise, cfg["diffusion"]["t_min"],
                         cfg["diffusion"]["antithetic"], rows)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()  # DDP averages the gradients over ranks here
-    if t["grad_clip"] > 0:
-        torch.nn.utils.clip_grad_norm_(model.parameters(), t["grad_clip"])
+    if teacher_cfg["grad_clip"] > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), teacher_cfg["grad_clip"])
     optimizer.step()
-    ema_update(ema_model, model, t["ema"], step)
+    runtime.ema_update(ema_model, model, teacher_cfg["ema"], step, warmup=True)
     return loss.detach(), lr
 
 
-# ---------------------------------------------------------------------------------------------- checkpoints
-def checkpoint_dirs(root: Path) -> list[Path]:
-    """Complete checkpoints, oldest first (a checkpoint directory appears only once fully written)."""
-    if not root.exists():
-        return []
-    found = [p for p in root.iterdir() if p.is_dir() and p.name.startswith("step_") and p.name[5:].isdigit()]
-    return sorted(found, key=lambda p: int(p.name[5:]))
+def step_function(cfg: dict, model: torch.nn.Module, blocks: np.ndarray, mask_id: int):
+    """step(i) = one training step of `model` on global batch i in one process, exactly as train_teacher takes it
+    (for benchmarks: a fresh EMA and optimiser; compile and bf16 per config)."""
+    from didi.diffusion import LogLinearSchedule
+
+    teacher_cfg = cfg["teacher"]
+    device = next(model.parameters()).device
+    ema_model = copy.deepcopy(model).float().requires_grad_(False)
+    optimizer = new_optimizer(model, teacher_cfg)
+    model_fn = model_fn_of(torch.compile(model) if teacher_cfg["compile"] else model, device, teacher_cfg["bf16"])
+    schedule = LogLinearSchedule(cfg["diffusion"]["eps"])
+    sampler = BlockSampler(len(blocks), teacher_cfg["batch_size"], cfg["seed"])
+
+    def step(i: int):
+        x = to_tensor(blocks[sampler.indices(i)], device)
+        return train_step(model, model_fn, ema_model, optimizer, x, slice(None), i, cfg, schedule, mask_id)
+    return step
 
 
-def resume_key(cfg: dict, n_train_blocks: int) -> str:
+def resume_identity(cfg: dict, n_train_blocks: int) -> dict:
     """What a checkpoint must share with the current run to be resumed: everything that shapes the optimisation
-    path. Not teacher.steps (so a finished run can be extended) nor logging/eval/checkpoint cadence."""
+    path, and the code. Not teacher.steps (so a finished run can be extended) nor logging/eval/checkpoint cadence."""
     cadence = {"steps", "log_every", "eval_every", "eval_batches", "checkpoint_every", "compile"}
-    return io.config_hash({
+    return runtime.identity(config={
         "seed": cfg["seed"], "seq_len": cfg["data"]["seq_len"], "model": cfg["model"], "diffusion": cfg["diffusion"],
-        "teacher": {k: v for k, v in cfg["teacher"].items() if k not in cadence}, "train_blocks": n_train_blocks,
-    })
-
-
-def save_checkpoint(root: Path, step: int, model, ema_model, optimizer, history: dict, key: str,
-                    keep: int = 2) -> None:
-    with io.atomic_dir(root / f"step_{step:09d}") as tmp:
-        (tmp / "resume_key.txt").write_text(key + "\n")
-        io.save_tensors(tmp / "model.safetensors", model.state_dict())
-        io.save_tensors(tmp / "ema.safetensors", ema_model.state_dict())
-        # optimizer state and plain numbers only: read back with torch.load(weights_only=True)
-        torch.save({"step": step, "optimizer": optimizer.state_dict(), "history": history}, tmp / "state.pt")
-    for old in checkpoint_dirs(root)[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
-
-
-def load_checkpoint(path: Path, model, ema_model, optimizer, device: torch.device) -> tuple[int, dict]:
-    model.load_state_dict(io.load_tensors(path / "model.safetensors", str(device)), strict=True)
-    ema_model.load_state_dict(io.load_tensors(path / "ema.safetensors", str(device)), strict=True)
-    state = torch.load(path / "state.pt", map_location=device, weights_only=True)
-    optimizer.load_state_dict(state["optimizer"])
-    return int(state["step"]), state["history"]
+        "teacher": {k: v for k, v in cfg["teacher"].items() if k not in cadence}}, train_blocks=n_train_blocks)
 
 
 # ---------------------------------------------------------------------------------------------- the loop
@@ -188,12 +166,10 @@ def train_teacher(cfg: dict, tokens_dir: str | Path, tokenizer_dir: str | Path, 
     """Train (or resume) the teacher of `cfg`; write out_dir/{ema,raw,metrics.json}. Returns the metrics on rank 0.
     `max_steps` stops the loop after that many steps without writing the final outputs (as a kill would)."""
     from didi.diffusion import LogLinearSchedule
-    from didi.model import DiT, DiTConfig, load_dit, num_params, save_dit
+    from didi.model import load_dit, num_params, save_dit
 
-    t = cfg["teacher"]
-    info = distributed.init()
-    if not info.is_main:
-        logging.getLogger("didi").setLevel(logging.WARNING)  # one log, rank 0's; other ranks report only problems
+    teacher_cfg = cfg["teacher"]
+    info = runtime.start_process()
     device = info.device
     out_dir = Path(out_dir)
     ckpt_root = out_dir / "checkpoints"
@@ -208,52 +184,45 @@ def train_teacher(cfg: dict, tokens_dir: str | Path, tokenizer_dir: str | Path, 
         if blocks.shape[1] != seq_len:
             raise ValueError(f"{tokens_dir}/{name}.npy has blocks of {blocks.shape[1]} tokens, config data.seq_len "
                              f"is {seq_len}")
-    val_blocks = val_blocks[: t["eval_batches"] * t["batch_size"]]
-    rows = distributed.shard_rows(t["batch_size"], info)
+    val_blocks = val_blocks[: teacher_cfg["eval_batches"] * teacher_cfg["batch_size"]]
+    rows = distributed.shard_rows(teacher_cfg["batch_size"], info)
 
-    torch.manual_seed(derived_seed(cfg["seed"], INIT))  # the same initial weights on every rank and every run
-    model = DiT(DiTConfig.from_config(cfg["model"], vocab, seq_len)).to(device)
-    if t["init_from"]:
-        source, _ = load_dit(t["init_from"], device)
+    model = new_teacher(cfg, vocab, device)
+    if teacher_cfg["init_from"]:
+        source, _ = load_dit(teacher_cfg["init_from"], device)
         model.load_state_dict(source.state_dict(), strict=True)
-        log.info("initialised from %s", t["init_from"])
+        log.info("initialised from %s", teacher_cfg["init_from"])
     ema_model = copy.deepcopy(model).float().requires_grad_(False)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=t["lr"], betas=tuple(t["betas"]), eps=t["adam_eps"],
-                                  weight_decay=t["weight_decay"])
+    optimizer = new_optimizer(model, teacher_cfg)
     schedule = LogLinearSchedule(cfg["diffusion"]["eps"])
 
     step, history = 0, {"loss_curve": [], "eval_curve": [], "wall_clock_s": 0.0}
-    key = resume_key(cfg, len(train_blocks))
-    done = checkpoint_dirs(ckpt_root)
-    if done and (done[-1] / "resume_key.txt").read_text().strip() == key and int(done[-1].name[5:]) <= t["steps"]:
-        step, history = load_checkpoint(done[-1], model, ema_model, optimizer, device)
-        log.info("resumed from %s (step %d)", done[-1], step)
-    elif done:
-        # another configuration's checkpoints (Snakemake re-ran the rule after a config change), or ones past a
-        # now shorter run: start over
-        distributed.barrier()  # every rank has looked before rank 0 deletes
-        if info.is_main:
-            log.warning("not resuming from %s: another configuration or past teacher.steps; starting over", done[-1])
-            shutil.rmtree(ckpt_root)
+    identity = resume_identity(cfg, len(train_blocks))
+    modules = {"model": model, "ema": ema_model}
+    resumed = runtime.resume(ckpt_root, identity, modules, device, info, max_step=teacher_cfg["steps"])
+    if resumed is not None:
+        optimizer.load_state_dict(resumed["optimizer"])
+        step, history = int(resumed["step"]), resumed["history"]
+    resumed_from_step = step if resumed is not None else None
 
-    train_model = torch.compile(model) if t["compile"] else model
+    train_model = torch.compile(model) if teacher_cfg["compile"] else model
     if info.enabled:
         train_model = torch.nn.parallel.DistributedDataParallel(
             train_model, device_ids=[device.index] if device.type == "cuda" else None)
-    model_fn = model_fn_of(train_model, device, t["bf16"])
+    model_fn = model_fn_of(train_model, device, teacher_cfg["bf16"])
 
-    wandb_run = start_wandb(cfg, out_dir) if info.is_main else None
+    wandb_run = runtime.start_wandb(cfg, out_dir, "teacher") if info.is_main else None
     unigram = data.unigram_nats(train_blocks, val_blocks, len(tokenizer)) if info.is_main else None
     if info.is_main:
         log.info("teacher: %.2fM parameters, vocab %d (mask %d), L %d, %d train blocks, global batch %d over %d "
                  "process(es), device %s; unigram cross-entropy %.4f nats", num_params(model) / 1e6, vocab, mask_id,
-                 seq_len, len(train_blocks), t["batch_size"], info.world_size, device, unigram)
+                 seq_len, len(train_blocks), teacher_cfg["batch_size"], info.world_size, device, unigram)
 
-    sampler = BlockSampler(len(train_blocks), t["batch_size"], cfg["seed"])
-    stop = t["steps"] if max_steps is None else min(t["steps"], max_steps)
-    progress = io.Progress(total=t["steps"], every=t["log_every"], desc="train", unit="step", start=step,
-                           logger=log, enabled=info.is_main)
-    tokens_per_step = t["batch_size"] * seq_len
+    sampler = BlockSampler(len(train_blocks), teacher_cfg["batch_size"], cfg["seed"])
+    stop = teacher_cfg["steps"] if max_steps is None else min(teacher_cfg["steps"], max_steps)
+    progress = io.Progress(total=teacher_cfg["steps"], every=teacher_cfg["log_every"], desc="train", unit="step",
+                           start=step, logger=log, enabled=info.is_main)
+    tokens_per_step = teacher_cfg["batch_size"] * seq_len
     start_step, t_start = step, time.perf_counter()
     window_loss, window_steps = torch.zeros((), device=device), 0
     model.train()
@@ -265,7 +234,7 @@ def train_teacher(cfg: dict, tokens_dir: str | Path, tokenizer_dir: str | Path, 
         window_loss += loss.detach()
         window_steps += 1
 
-        if step % t["log_every"] == 0 or step == t["steps"]:
+        if step % teacher_cfg["log_every"] == 0 or step == teacher_cfg["steps"]:
             mean_loss = float(distributed.all_reduce_mean(window_loss / window_steps))
             window_loss.zero_()
             window_steps = 0
@@ -274,7 +243,7 @@ def train_teacher(cfg: dict, tokens_dir: str | Path, tokenizer_dir: str | Path, 
                             tok_s=f"{progress.rate(step) * tokens_per_step:.4g}")
             if wandb_run:
                 wandb_run.log({"train/loss": mean_loss, "train/lr": lr}, step=step)
-        if step % t["eval_every"] == 0 or step == t["steps"]:
+        if step % teacher_cfg["eval_every"] == 0 or step == teacher_cfg["steps"]:
             if info.is_main:
                 # rank 0 alone, in batches of the per-rank training batch (known to fit in memory)
                 per_rank = rows.stop - rows.start
@@ -285,18 +254,18 @@ def train_teacher(cfg: dict, tokens_dir: str | Path, tokenizer_dir: str | Path, 
                 if wandb_run:
                     wandb_run.log({"val/nats": nats, "val/ppl_bound": math.exp(nats)}, step=step)
             distributed.barrier()
-        if step % t["checkpoint_every"] == 0 and step < t["steps"]:
+        if step % teacher_cfg["checkpoint_every"] == 0 and step < teacher_cfg["steps"]:
             if info.is_main:
                 session_seconds = time.perf_counter() - t_start
-                save_checkpoint(ckpt_root, step, model, ema_model, optimizer,
-                                {**history, "wall_clock_s": history["wall_clock_s"] + session_seconds}, key)
+                runtime.save_checkpoint(ckpt_root, step, modules, {"optimizer": optimizer.state_dict(), "history": {
+                    **history, "wall_clock_s": history["wall_clock_s"] + session_seconds}}, identity)
             distributed.barrier()
 
     session_seconds = time.perf_counter() - t_start
     if info.enabled:
-        check_replicas_identical(model, info)
+        runtime.check_replicas_identical([model], info)
     metrics = None
-    if info.is_main and step >= t["steps"]:
+    if info.is_main and step >= teacher_cfg["steps"]:
         final_nats = history["eval_curve"][-1][1]
         extra = {"tokenizer_vocab": len(tokenizer), "mask_id": mask_id, "seq_len": seq_len, "special_ids": special}
         save_dit(out_dir / "ema", ema_model, {**extra, "teacher": {"steps": step, "weights": "ema"}})
@@ -307,6 +276,7 @@ def train_teacher(cfg: dict, tokens_dir: str | Path, tokenizer_dir: str | Path, 
             "tokens_seen": step * tokens_per_step,
             "wall_clock_s": history["wall_clock_s"] + session_seconds,
             "steps_this_run": steps_this_run,
+            "resumed_from_step": resumed_from_step,
             "tokens_per_s": steps_this_run * tokens_per_step / session_seconds if steps_this_run else None,
             "validation_nats": final_nats,
             "validation_ppl_bound": math.exp(final_nats),
@@ -317,7 +287,7 @@ def train_teacher(cfg: dict, tokens_dir: str | Path, tokenizer_dir: str | Path, 
             "eval_curve": history["eval_curve"],
             "parameters": num_params(model),
             "world_size": info.world_size,
-            "global_batch": t["batch_size"],
+            "global_batch": teacher_cfg["batch_size"],
             "seq_len": seq_len,
             "device": str(device),
         }
@@ -330,37 +300,16 @@ def train_teacher(cfg: dict, tokens_dir: str | Path, tokenizer_dir: str | Path, 
     return metrics
 
 
-def check_replicas_identical(model: torch.nn.Module, info) -> None:
-    """DDP must leave every rank with bit-identical weights; compare exact float64 sums of each tensor."""
-    sums = torch.stack([p.detach().double().sum() for p in model.state_dict().values()]).cpu()
-    gathered = [torch.empty_like(sums) for _ in range(info.world_size)]
-    torch.distributed.all_gather_object(gathered, sums)
-    if any(not torch.equal(g, gathered[0]) for g in gathered):
-        raise RuntimeError("DDP ranks ended with different weights")
-    if info.is_main:
-        log.info("weights identical on all %d ranks", info.world_size)
-
-
-def start_wandb(cfg: dict, out_dir: Path):
-    """A wandb run when cfg wandb.mode is offline/online; wandb is imported only then."""
-    w = cfg.get("wandb", {"mode": "disabled"})
-    if w["mode"] == "disabled":
-        return None
-    import wandb
-
-    return wandb.init(project=w.get("project", "didi"), mode=w["mode"], config=cfg, dir=str(out_dir))
-
-
 # ---------------------------------------------------------------------------------------------- CLI
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    config_mod.add_arguments(p)
+    config.add_arguments(p)
     p.add_argument("--tokens", required=True, help="directory with train.npy and validation.npy")
     p.add_argument("--tokenizer", required=True, help="tokenizer directory")
     p.add_argument("--out-dir", required=True, help="output directory (ema/, raw/, metrics.json, checkpoints/)")
 
 
 def run(args: argparse.Namespace) -> int:
-    cfg = config_mod.from_args(args)
+    cfg = config.from_args(args)
     try:
         train_teacher(cfg, args.tokens, args.tokenizer, args.out_dir)
     finally:

@@ -100,3 +100,103 @@ def test_undefined_variant_in_run_is_named(tmp_path, repo):
     preset = write(tmp_path, "rgas.yaml", {"distill": {"run": ["baseline"], "rgas": {"variants": ["full"]}}})
     with pytest.raises(config.ConfigError, match=r"distill.rgas.variants: \['full'\] not in distill.run"):
         config.load([repo / "config.yaml", preset])
+
+
+def test_nfe_above_seq_len_is_named(tmp_path, repo):
+    preset = write(tmp_path, "nfe.yaml", {"data": {"seq_len": 32}, "sampling": {"nfe": [8, 64], "temperature_nfe": 8},
+                                          "distill": {"nfe": [8, 33], "teacher_pool_nfe": 32}})
+    with pytest.raises(config.ConfigError) as err:
+        config.load([repo / "config.yaml", preset])
+    message = str(err.value)
+    assert "nfe.yaml" in message
+    assert "sampling.nfe: NFE [64] > data.seq_len = 32" in message and "distill.nfe: NFE [33]" in message
+    assert "teacher_pool_nfe" not in message and "temperature_nfe" not in message  # K = L is allowed
+
+
+def test_precision_names_come_from_one_place(repo):
+    """The schema's precision enums must list exactly diffusion.PRECISIONS (the wildcard regex is built from it)."""
+    from didi.diffusion import PRECISIONS
+
+    schema = yaml.safe_load((repo / "workflow" / "schemas" / "config.schema.yaml").read_text())
+    props = schema["properties"]
+    assert props["diffusion"]["properties"]["sampling_precision"]["enum"] == list(PRECISIONS)
+    assert props["sampling"]["properties"]["precisions"]["items"]["enum"] == list(PRECISIONS)
+    common = (repo / "workflow" / "rules" / "common.smk").read_text()
+    assert 'precision="|".join(PRECISIONS)' in common and "float64|float32" not in common
+
+
+def edited(cfg, section, **changes):
+    out = json.loads(json.dumps(cfg))
+    out[section].update(changes)
+    return out
+
+
+def test_outputs_relevant_ignores_cadence_and_other_files_keys():
+    cfg = config.load()
+    same = {  # step -> edits that must not change its params
+        "train_teacher": [("teacher", {"log_every": 3, "checkpoint_every": 7, "eval_every": 9}),
+                          ("wandb", {"mode": "offline"}), ("diffusion", {"sampling_precision": "float32"}),
+                          ("sampling", {"nfe": [8]}), ("distill", {"rgas": {}})],
+        "distill": [("distill", {"log_every": 3, "checkpoint_every": 7, "nfe": [4], "rgas": {}}),
+                    ("sampling", {"nfe": [8]})],
+        "sample": [("sampling", {"nfe": [8, 9], "temperatures": [0.5]}), ("teacher", {"lr": 1.0})],
+        "teacher_pool": [("sampling", {"nfe": [8, 9], "num_samples": 3}), ("distill", {"nfe": [2]})],
+        "train_judge": [("judge", {"log_every": 1})],
+    }
+    for step, edits in same.items():
+        for section, changes in edits:
+            assert config.outputs_relevant(edited(cfg, section, **changes), step) == config.outputs_relevant(
+                cfg, step), (step, section, changes)
+    changed = {  # step -> edits that must change its params
+        "train_teacher": [("teacher", {"lr": 1.0}), ("diffusion", {"eps": 0.01}), ("teacher", {"steps": 2})],
+        "distill": [("distill", {"iterations": 5}), ("diffusion", {"sampling_precision": "float32"})],
+        "sample": [("sampling", {"batch_size": 3}), ("diffusion", {"sampling_t_end": 0.1})],
+        "train_judge": [("judge", {"lr": 1.0})],
+    }
+    for step, edits in changed.items():
+        for section, changes in edits:
+            assert config.outputs_relevant(edited(cfg, section, **changes), step) != config.outputs_relevant(
+                cfg, step), (step, section, changes)
+    for step, (names, _) in config.STEPS.items():
+        assert set(config.step_sections(cfg, step)) == set(names)
+
+
+@pytest.fixture
+def distill_inputs(tmp_path):
+    """A tokenizer of 12 ids (vocabulary 13 with [MASK]), a teacher config and token stats that agree with it."""
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {f"t{i}": i for i in range(12)}
+    tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel(vocab, unk_token="t0")))
+    tok.save_pretrained(tmp_path / "tokenizer")
+    (tmp_path / "teacher").mkdir()
+    (tmp_path / "teacher" / "config.json").write_text(json.dumps({"seq_len": 16, "vocab_size": 13}))
+    (tmp_path / "train.json").write_text(json.dumps({"seq_len": 16, "vocab": 13}))
+    return tmp_path
+
+
+def test_check_inputs_names_the_file_that_disagrees(distill_inputs):
+    root = distill_inputs
+    args = (root / "teacher", root / "train.json", root / "tokenizer")
+    assert config.check_inputs(*args) == {"seq_len": 16, "vocab_size": 13}
+    (root / "train.json").write_text(json.dumps({"seq_len": 32, "vocab": 13}))
+    with pytest.raises(config.ConfigError, match=r"L: .*teacher/config.json says seq_len 16, .*train.json says 32"):
+        config.check_inputs(*args)
+    (root / "train.json").write_text(json.dumps({"seq_len": 16, "vocab": 13}))
+    (root / "teacher" / "config.json").write_text(json.dumps({"seq_len": 16, "vocab_size": 51}))
+    with pytest.raises(config.ConfigError, match=r"vocabulary: .*teacher/config.json says vocab_size 51, the "
+                                                 r"tokenizer .*tokenizer gives 13"):
+        config.check_inputs(*args)
+
+
+def test_check_inputs_command_runs_from_the_cli(distill_inputs):
+    from didi import cli
+
+    root = distill_inputs
+    argv = ["check-inputs", "--teacher", str(root / "teacher"), "--tokens", str(root / "train.json"),
+            "--tokenizer", str(root / "tokenizer")]
+    assert cli.main(argv) == 0
+    (root / "train.json").write_text(json.dumps({"seq_len": 16, "vocab": 14}))
+    with pytest.raises(config.ConfigError, match="train.json says vocab 14"):
+        cli.main(argv)

@@ -59,6 +59,30 @@ def test_directory_of_txt_files_one_document_per_file(tmp_path):
     assert dict(zip(ds["id"], ds["text"])) == contents  # each id carries its own file's text, untouched
 
 
+def test_undecodable_corpus_files_are_named_or_skipped_and_counted(tmp_path):
+    corpus = tmp_path / "texts"
+    (corpus / "sub").mkdir(parents=True)
+    for i in range(6):
+        (corpus / f"good{i}.txt").write_text(f"document {i} " * 10)
+    (corpus / "latin1.txt").write_bytes("caf\xe9 cr\xe8me".encode("latin-1"))  # byte 0xe9: not UTF-8
+    (corpus / "sub" / "image.txt").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR")
+    cfg = make_cfg(corpus={"source": str(corpus), "validation_fraction": 0.25})
+    with pytest.raises(ValueError) as err:
+        run("corpus", cfg, "--out-dir", str(tmp_path / "out"))
+    message = str(err.value)
+    assert f"{corpus / 'latin1.txt'}: not UTF-8" in message and f"{corpus / 'sub' / 'image.txt'}: binary" in message
+    assert "corpus.skip_undecodable" in message and not (tmp_path / "out" / "stats.json").exists()
+
+    cfg["corpus"]["skip_undecodable"] = True
+    run("corpus", cfg, "--out-dir", str(tmp_path / "out"))
+    stats = json.loads((tmp_path / "out" / "stats.json").read_text())
+    assert stats["skipped_undecodable"] == {"count": 2, "files": ["latin1.txt", "sub/image.txt"]}
+    assert stats["available_documents"] == 6 and sum(stats["documents"].values()) == 6
+    # a single bad .txt source cannot be skipped: it is named
+    with pytest.raises(ValueError, match="latin1.txt: not UTF-8"):
+        data.load_documents(str(corpus / "latin1.txt"), skip_undecodable=True)
+
+
 def test_jsonl_and_paragraph_txt_sources(tmp_path):
     texts = ["alpha beta", "", "gamma", "delta epsilon"]
     ds = data.load_documents(str(write_jsonl(tmp_path / "d.jsonl", texts, field="body")), text_field="body")

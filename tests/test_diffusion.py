@@ -426,3 +426,37 @@ def test_float64_sampling_keeps_the_tail_float32_truncates_it():
         tail[precision] = sum(int((sample_categorical(p, gen, precision) != 0).sum()) for _ in range(rows // chunk))
     assert 3 <= tail["float64"] <= expected + 4 * math.sqrt(expected), (tail, expected)
     assert tail["float32"] <= 2, (tail, expected)
+
+
+def test_ancestral_step_scores_its_own_draw_without_changing_it():
+    """score=: the same draw as without (same generator state), plus ell = sum over newly revealed positions of
+    score[token], with the gradient flowing into score at exactly those entries."""
+    from didi.diffusion import ancestral_step, subs_log_probs
+
+    torch.manual_seed(0)
+    B, L, V = 4, 6, 5
+    z = torch.randint(0, V, (B, L))
+    z[torch.rand(B, L) < 0.6] = V  # [MASK] = V
+    logits = torch.randn(B, L, V + 1, requires_grad=True)
+    log_p = subs_log_probs(logits, z, V)
+    plain = ancestral_step(log_p.detach(), z, 0.2, 0.7, V, torch.Generator().manual_seed(3))
+    z_s, ell = ancestral_step(log_p, z, 0.2, 0.7, V, torch.Generator().manual_seed(3), score=log_p)
+    assert torch.equal(z_s, plain)
+    revealed = (z == V) & (z_s != V)
+    assert revealed.any() and ((z == V) & (z_s == V)).any()
+    by_hand = torch.where(revealed, log_p.gather(-1, z_s.clamp(max=V - 1)[..., None]).squeeze(-1), 0.0).sum(1)
+    torch.testing.assert_close(ell, by_hand)
+    ell.sum().backward()
+    assert torch.isfinite(logits.grad).all() and logits.grad[~revealed].abs().sum() == 0
+
+
+def test_the_config_schema_knows_the_same_precisions_as_the_sampler():
+    """diffusion.PRECISIONS is the one list; the schema (YAML, cannot import it) must spell the same names."""
+    from pathlib import Path
+
+    import yaml
+
+    from didi.diffusion import PRECISIONS
+
+    schema = yaml.safe_load((Path(__file__).parents[1] / "workflow/schemas/config.schema.yaml").read_text())
+    assert tuple(schema["definitions"]["precision"]["enum"]) == PRECISIONS

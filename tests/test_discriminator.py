@@ -8,7 +8,7 @@ import torch
 
 from didi.diffusion import LogLinearSchedule, corrupt
 from didi.discriminator import Discriminator, load_discriminator, save_discriminator
-from didi.distill import smoothed_bce
+from didi.objective import smoothed_bce
 from didi.model import DiT, DiTConfig
 
 SCHED = LogLinearSchedule(1e-3)

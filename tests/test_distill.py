@@ -12,10 +12,11 @@ import pytest
 import torch
 from torch import nn
 
-from didi import config as config_mod
+from didi import config
 from didi.diffusion import LogLinearSchedule, sample
-from didi.distill import (build_state, divergence, grouped_advantages, rollout, run_distillation, sample_tau,
-                          smoothed_bce)
+from didi import objective
+from didi.distill import build_state, distill_step, run_distillation
+from didi.objective import divergence, grouped_advantages, rollout, sample_tau, smoothed_bce
 
 SCHED = LogLinearSchedule(1e-3)
 
@@ -99,7 +100,7 @@ def kl(p, q) -> float:
 
 
 def default_cfg():
-    return config_mod.load()
+    return config.load()
 
 
 def test_exact_enumeration_matches_the_real_sampler():
@@ -133,7 +134,7 @@ def test_distillation_lowers_the_exact_two_step_kl():
     cfg = default_cfg()
     cd = {**cfg["distill"], "iterations": 800, "batch_size": 32, "group_size": 4, "student_lr": 0.01,
           "discriminator_lr": 0.1, "warmup_steps": 10, "ema": 0.9, "log_every": 100}
-    method = config_mod.variant_method(cfg, "full")
+    method = config.variant_method(cfg, "full")
     disc = Table(world, torch.zeros(len(world.states), world.L))  # one logit per (state, position)
     state = run_distillation(teacher, data.numpy(), cd, method, SCHED, world.mask, seed=0, discriminator=disc,
                              progress=False)
@@ -267,7 +268,7 @@ def tiny_cfg(**distill):
 def test_student_ema_and_discriminator_start_from_the_teacher():
     teacher = tiny_teacher()
     cfg = tiny_cfg()
-    state = build_state(teacher, cfg["distill"], config_mod.variant_method(cfg, "full"), SCHED, 11, 8)
+    state = build_state(teacher, cfg["distill"], config.variant_method(cfg, "full"), SCHED, 11, 8)
     for name, p in teacher.state_dict().items():
         assert torch.equal(state.student.state_dict()[name], p)
         assert torch.equal(state.student_ema.state_dict()[name], p)
@@ -280,7 +281,7 @@ def test_resume_gives_the_same_weights(tmp_path, variant):
     """4 iterations straight == 2 iterations, stop, then resume to 4 (dropout on, so its seeding is tested too)."""
     tokens = np.random.default_rng(0).integers(0, 11, size=(32, 8))
     cfg = tiny_cfg()
-    method = config_mod.variant_method(cfg, variant)
+    method = config.variant_method(cfg, variant)
 
     def go(iterations, ckpt):
         return run_distillation(tiny_teacher(), tokens, {**cfg["distill"], "iterations": iterations}, method, SCHED,
@@ -290,11 +291,13 @@ def test_resume_gives_the_same_weights(tmp_path, variant):
     go(2, tmp_path / "b")
     resumed = go(4, tmp_path / "b")
     assert resumed.iteration == 4
+    assert resumed.history["resumed_from_iteration"] == [2] and straight.history["resumed_from_iteration"] == [None]
     for a, b in [(straight.student, resumed.student), (straight.student_ema, resumed.student_ema),
                  (straight.discriminator, resumed.discriminator)]:
         for (name, x), y in zip(a.state_dict().items(), b.state_dict().values()):
             assert torch.equal(x, y), name
     assert straight.history["reward"] == resumed.history["reward"]
+    assert straight.history["kl"][-1] > 0  # measured and logged even where kl_coef is 0 (baseline)
     # and the student did move away from the teacher
     assert not torch.equal(straight.student.state_dict()["blocks.1.attn_out.weight"],
                            tiny_teacher().state_dict()["blocks.1.attn_out.weight"])
@@ -304,7 +307,7 @@ def test_same_seed_gives_the_same_run_whatever_the_global_rng():
     """The config seed alone fixes the run: the discriminator head's init must not depend on the caller's RNG."""
     tokens = np.random.default_rng(0).integers(0, 11, size=(32, 8))
     cfg = tiny_cfg()
-    method = config_mod.variant_method(cfg, "full")
+    method = config.variant_method(cfg, "full")
 
     def go(global_seed):
         teacher = tiny_teacher()
@@ -352,13 +355,14 @@ def test_distill_command_writes_loadable_outputs(tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["iterations"] == 3 and len(metrics["history"]["d_acc"]) == 3
     assert metrics["iterations_per_s"] > 0 and "provenance" in metrics
-    assert (out / "checkpoints" / "state.pt").exists()
+    assert (out / "checkpoints" / "step_000000003" / "state.pt").exists()
+    assert metrics["resumed_from_iteration"] is None
 
 
 def test_a_checkpoint_of_another_teacher_is_not_resumed(tmp_path):
     tokens = np.random.default_rng(0).integers(0, 11, size=(32, 8))
     cfg = tiny_cfg()
-    method = config_mod.variant_method(cfg, "full")
+    method = config.variant_method(cfg, "full")
 
     def go(iterations, ckpt, teacher_seed):
         return run_distillation(tiny_teacher(seed=teacher_seed), tokens, {**cfg["distill"], "iterations": iterations},
@@ -373,14 +377,14 @@ def test_a_checkpoint_of_another_teacher_is_not_resumed(tmp_path):
 
 
 def test_benchmark_distill_reports_a_rate_and_leaves_the_teacher_alone():
-    from didi.distill import benchmark_distill
+    from didi.bench import bench_distill
 
     teacher = tiny_teacher()
     for p in teacher.parameters():
         p.requires_grad_(True)
     before = {k: v.clone() for k, v in teacher.state_dict().items()}
     tokens = np.random.default_rng(0).integers(0, 11, size=(16, 8)).astype(np.uint16)
-    result = benchmark_distill(teacher, tokens, tiny_cfg(), iterations=2)
+    result = bench_distill(teacher, tokens, 11, tiny_cfg(), iterations=2)
     assert result["iterations_per_s"] > 0 and result["iterations"] == 2
     assert all(p.requires_grad for p in teacher.parameters())
     assert all(torch.equal(before[k], v) for k, v in teacher.state_dict().items())
@@ -391,7 +395,7 @@ def test_a_groups_draws_do_not_depend_on_how_the_batch_is_split():
     from didi.distill import group_generators
 
     student = tiny_teacher(dropout=0.0)
-    method = config_mod.variant_method(tiny_cfg(), "full")
+    method = config.variant_method(tiny_cfg(), "full")
     tau = torch.tensor([0.3, 0.3, 0.6, 0.6, 0.2, 0.2, 0.9, 0.9])
     whole = rollout(student, 8, 8, tau, SCHED, 11, method, 1e-3, group_generators(5, 7, range(0, 4), "cpu"),
                     "float64", "cpu")
@@ -452,3 +456,116 @@ def test_two_ddp_processes_match_one_process(tmp_path):
     # rank 0 alone wrote, and logged each event once
     assert sorted(p.name for p in (tmp_path / "two").iterdir()) == sorted(p.name for p in (tmp_path / "one").iterdir())
     assert log_two.count("distill 3/3") == 1 and log_two.count("variant ddp") == 1
+
+
+def test_distillation_logs_every_iteration_to_wandb(monkeypatch, tmp_path):
+    """wandb.mode not disabled: runtime.start_wandb opens a run and each iteration logs the history's statistics."""
+    import types
+
+    from didi import runtime
+
+    logged, opened = [], []
+    run = types.SimpleNamespace(log=lambda values, step: logged.append((step, values)), finish=lambda: None)
+    monkeypatch.setitem(sys.modules, "wandb", types.SimpleNamespace(init=lambda **kw: opened.append(kw) or run))
+    cfg = tiny_cfg()
+    assert runtime.start_wandb({**cfg, "wandb": {"mode": "disabled"}}, tmp_path, "distill") is None and not opened
+    wandb_run = runtime.start_wandb({**cfg, "wandb": {"mode": "offline", "project": "p"}}, tmp_path, "distill-full")
+    assert opened[0]["mode"] == "offline" and opened[0]["job_type"] == "distill-full"
+    tokens = np.random.default_rng(0).integers(0, 11, size=(32, 8))
+    state = run_distillation(tiny_teacher(), tokens, cfg["distill"], config.variant_method(cfg, "full"), SCHED, 11,
+                             seed=3, progress=False, wandb_run=wandb_run)
+    assert [step for step, _ in logged] == [1, 2, 3, 4]
+    keys = {"reward", "d_acc", "d_loss", "pg_loss", "kl", "entropy", "grad_norm"}
+    assert {f"distill/{k}" for k in keys} <= logged[0][1].keys()
+    assert [values["distill/reward"] for _, values in logged] == state.history["reward"]
+
+
+def test_a_resume_is_logged_and_a_checkpoint_of_other_code_is_not_resumed(tmp_path, monkeypatch, caplog):
+    from didi import runtime
+
+    tokens = np.random.default_rng(0).integers(0, 11, size=(32, 8))
+    cfg = tiny_cfg()
+    method = config.variant_method(cfg, "full")
+
+    def go(iterations, ckpt):
+        return run_distillation(tiny_teacher(), tokens, {**cfg["distill"], "iterations": iterations}, method, SCHED,
+                                11, seed=3, checkpoint_dir=ckpt, progress=False)
+
+    go(2, tmp_path / "a")
+    with caplog.at_level("INFO", logger="didi.runtime"):
+        assert go(3, tmp_path / "a").history["resumed_from_iteration"] == [2]
+    assert "resumed from checkpoint" in caplog.text and "step_000000002" in caplog.text
+    caplog.clear()
+    monkeypatch.setattr(runtime, "code_version", lambda: "other code")
+    with caplog.at_level("INFO", logger="didi.runtime"):
+        again = go(4, tmp_path / "a")
+    assert again.history["resumed_from_iteration"] == [None] and len(again.history["reward"]) == 4
+    assert "not resuming from checkpoint" in caplog.text and "differs in code" in caplog.text
+
+
+@pytest.mark.parametrize("single_pass,calls_per_step", [(True, 1), (False, 2)])
+def test_rollout_calls_the_student_once_or_twice_per_step(single_pass, calls_per_step):
+    student = tiny_teacher(dropout=0.0)
+    calls = []
+    student.register_forward_hook(lambda module, args, out: calls.append(torch.is_grad_enabled()))
+    method = {**config.variant_method(tiny_cfg(), "full"), "on_policy_single_pass": single_pass}
+    roll = rollout(student, 4, 8, torch.full((4,), 0.5), SCHED, 11, method, 1e-3, torch.Generator().manual_seed(0),
+                   "float64", "cpu")
+    assert len(calls) == 2 * calls_per_step and roll["logp"].requires_grad
+    # two passes: the draw from a no-grad pass first, then the scored pass with grad
+    assert calls == [True, True] if single_pass else calls == [False, True, False, True]
+
+
+def test_tau_per_group_shares_one_noise_level_per_group_and_per_row_does_not():
+    gens = [torch.Generator().manual_seed(i) for i in range(3)]  # one per group, as the loop passes them
+    method = {"tau_distribution": "beta22", "tau_per_group": True}
+    tau, pi = objective.draw_tau(12, method, (0.02, 0.98), gens, "cpu", group_size=4)
+    assert torch.equal(tau.view(3, 4), tau.view(3, 4)[:, :1].expand(3, 4))
+    assert torch.allclose(pi, 6 * tau * (1 - tau))
+    assert len(set(tau.tolist())) == 3
+    per_row, _ = objective.draw_tau(12, {**method, "tau_per_group": False}, (0.02, 0.98),
+                                    [torch.Generator().manual_seed(i) for i in range(3)], "cpu", group_size=4)
+    assert len(set(per_row.tolist())) == 12
+    # a group's first draw is the same either way: switching on sharing does not reshuffle the stream
+    assert per_row[0] == tau[0] and per_row[4] == tau[4]
+
+
+def test_shuffled_advantages_are_a_seeded_permutation():
+    adv = torch.arange(16, dtype=torch.float32)
+    a = objective.shuffled(adv, torch.Generator().manual_seed(0))
+    b = objective.shuffled(adv, [torch.Generator().manual_seed(0), torch.Generator().manual_seed(5)])
+    assert torch.equal(a, b) and not torch.equal(a, adv)
+    assert torch.equal(a.sort().values, adv)
+
+
+@pytest.mark.parametrize("before", [True, False])
+def test_reward_comes_from_the_discriminator_before_or_after_its_update(before):
+    """reward_before_update: the reward is what the discriminator said before this iteration's step(s);
+    otherwise what the updated one says. discriminator_steps: that many updates on the same batch."""
+    cfg = tiny_cfg(discriminator_steps=2, discriminator_lr=1e-2, warmup_steps=0)
+    method = {**config.variant_method(cfg, "full"), "reward_before_update": before}
+    state = build_state(tiny_teacher(dropout=0.0), cfg["distill"], method, SCHED, 11, 8)
+    positives = torch.as_tensor(np.random.default_rng(0).integers(0, 11, size=(2, 8)))
+    seen = []
+    original = objective.rewards
+
+    def spy(D, *args):
+        seen.append([p.detach().clone() for p in D.parameters() if p.requires_grad])
+        return original(D, *args)
+
+    objective.rewards, steps = spy, []
+    try:
+        opt_step = state.opt_disc.step
+
+        def counting_step(*a, **k):
+            steps.append(1)
+            return opt_step(*a, **k)
+
+        state.opt_disc.step = counting_step
+        start = [p.detach().clone() for p in state.discriminator.parameters() if p.requires_grad]
+        distill_step(state, positives, torch.Generator().manual_seed(0))
+    finally:
+        objective.rewards = original
+    assert len(steps) == 2 and len(seen) == 1
+    same_as_start = all(torch.equal(a, b) for a, b in zip(seen[0], start))
+    assert same_as_start is before

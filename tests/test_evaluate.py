@@ -76,27 +76,31 @@ a, b, c, d, e, f, g, h, sp = range(2, 11)
 # text, judge ids written by hand, and per policy the scored (chunk, positions) lists (chunks of CONTEXT tokens).
 CASES = [
     ("abc", [a, b, c], {"truncate": [([a, b, c], [1, 2])], "keep": [([a, b, c], [1, 2])],
-                        "mdlm": [([a, b, c], [1, 2])]}),
-    (f"ab{EOS}c{EOS}d", [a, b, E, c, E, d], {
+                        "first_in_text": [([a, b, c], [1, 2])], "mdlm": [([a, b, c], [1, 2])]}),
+    (f"ab{EOS}c{EOS}d", [a, b, E, c, E, d], {                   # EOS mid-text, no BOS
         "truncate": [([a, b, E], [1, 2])],
         "keep": [([a, b, E, c, E, d], [1, 2, 3, 4, 5])],
-        "mdlm": [([a, b, E, c, E, d], [1, 2, 3, 5])],          # EOS after the first one is not scored
+        "first_in_text": [([a, b, E, c, E, d], [1, 2, 3, 5])],  # EOS after the first one is not scored
+        "mdlm": [([a, b, E, c, E, d], [1, 2, 3, 5])],           # cumsum(x == eos) = 0 0 1 1 2 2
     }),
-    (f"{EOS}ab{EOS}cd", [E, a, b, E, c, d], {
+    (f"{EOS}ab{EOS}cd", [E, a, b, E, c, d], {                   # BOS-led: the policies differ
         "truncate": [([E, a, b, E], [1, 2, 3])],                 # the first EOS past position 0 is scored, then stop
         "keep": [([E, a, b, E, c, d], [1, 2, 3, 4, 5])],
-        "mdlm": [([E, a, b, E, c, d], [1, 2, 3, 4, 5])],
+        "first_in_text": [([E, a, b, E, c, d], [1, 2, 3, 4, 5])],
+        "mdlm": [([E, a, b, E, c, d], [1, 2, 4, 5])],           # the BOS is the first EOS: position 3 is the second
     }),
-    ("abcdefgh abcd", [a, b, c, d, e, f, g, h, sp, a, b, c, d], {
+    ("abcdefgh abcd", [a, b, c, d, e, f, g, h, sp, a, b, c, d], {   # no EOS, two judge chunks
         "truncate": [([a, b, c, d, e, f, g, h], [1, 2, 3, 4, 5, 6, 7]), ([sp, a, b, c, d], [1, 2, 3, 4])],
         "keep": [([a, b, c, d, e, f, g, h], [1, 2, 3, 4, 5, 6, 7]), ([sp, a, b, c, d], [1, 2, 3, 4])],
+        "first_in_text": [([a, b, c, d, e, f, g, h], [1, 2, 3, 4, 5, 6, 7]), ([sp, a, b, c, d], [1, 2, 3, 4])],
         "mdlm": [([a, b, c, d, e, f, g, h], [1, 2, 3, 4, 5, 6, 7]), ([sp, a, b, c, d], [1, 2, 3, 4])],
     }),
-    ("a", [a], {"truncate": [], "keep": [], "mdlm": []}),
+    ("a", [a], {"truncate": [], "keep": [], "first_in_text": [], "mdlm": []}),
     (f"{EOS}abcdefgh{EOS}a", [E, a, b, c, d, e, f, g, h, E, a], {
         "truncate": [([E, a, b, c, d, e, f, g], [1, 2, 3, 4, 5, 6, 7]), ([h, E], [1])],
         "keep": [([E, a, b, c, d, e, f, g], [1, 2, 3, 4, 5, 6, 7]), ([h, E, a], [1, 2])],
-        "mdlm": [([E, a, b, c, d, e, f, g], [1, 2, 3, 4, 5, 6, 7]), ([h, E, a], [1, 2])],
+        "first_in_text": [([E, a, b, c, d, e, f, g], [1, 2, 3, 4, 5, 6, 7]), ([h, E, a], [1, 2])],
+        "mdlm": [([E, a, b, c, d, e, f, g], [1, 2, 3, 4, 5, 6, 7]), ([h, E, a], [2])],
     }),
 ]
 
@@ -107,7 +111,7 @@ def test_tokenizer_matches_hand_ids(judge):
         assert tokenizer(text, add_special_tokens=False)["input_ids"] == ids
 
 
-@pytest.mark.parametrize("policy", ["mdlm", "truncate", "keep"])
+@pytest.mark.parametrize("policy", ["mdlm", "first_in_text", "truncate", "keep"])
 def test_gen_ppl_equals_hand_computation(judge, policy):
     model, tokenizer, _ = judge
     texts = [t for t, _, _ in CASES]
@@ -128,9 +132,33 @@ def test_eos_policies_differ_only_where_text_follows_an_eos(judge):
     texts = [t for t, _, _ in CASES]
     trunc = evaluate.gen_ppl(texts, model, tokenizer, 4, "truncate")
     keep = evaluate.gen_ppl(texts, model, tokenizer, 4, "keep")
+    first_in_text = evaluate.gen_ppl(texts, model, tokenizer, 4, "first_in_text")
     mdlm = evaluate.gen_ppl(texts, model, tokenizer, 4, "mdlm")
     np.testing.assert_array_equal(keep["tokens"] - trunc["tokens"], [0, 3, 2, 0, 0, 1])
-    np.testing.assert_array_equal(keep["tokens"] - mdlm["tokens"], [0, 1, 0, 0, 0, 0])
+    np.testing.assert_array_equal(keep["tokens"] - first_in_text["tokens"], [0, 1, 0, 0, 0, 0])
+    np.testing.assert_array_equal(keep["tokens"] - mdlm["tokens"], [0, 1, 1, 0, 0, 1])  # BOS-led rows lose an EOS
+
+
+def test_official_policy_truncates_to_L_and_scores_the_first_padding_eos(judge):
+    """MDLM's compute_generative_perplexity (GPT-2 judge, pad = EOS): rows cut to L = 6 judge tokens, each batch of 3
+    padded to its longest with EOS; a short row without an EOS gets its first padding EOS scored."""
+    model, tokenizer, _ = judge
+    texts = ["abc", f"{EOS}ab{EOS}cd", "abcdefgh", "ab"]
+    expected = [
+        [([a, b, c, E], [1, 2, 3])],            # padded to 6 with EOS; the first padding EOS is scored
+        [([E, a, b, E, c, d], [1, 2, 4, 5])],   # BOS-led: no later EOS scored
+        [([a, b, c, d, e, f], [1, 2, 3, 4, 5])],  # longer than L after retokenisation: truncated to 6
+        [([a, b], [1])],                        # alone in the second batch: nothing to pad
+    ]
+    out = evaluate.gen_ppl(texts, model, tokenizer, batch_size=3, eos_policy="official", max_length=6)
+    np.testing.assert_array_equal(out["tokens"], [3, 4, 5, 1])
+    np.testing.assert_allclose(out["nll"], [hand_nll(model, chunks) for chunks in expected], rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(out["judge_tokens"], [3, 6, 8, 2])  # retokenised lengths, before cut and pad
+    # "mdlm" on the same texts: no cut, no padding.
+    mdlm = evaluate.gen_ppl(texts, model, tokenizer, batch_size=3, eos_policy="mdlm")
+    np.testing.assert_array_equal(mdlm["tokens"], [2, 4, 7, 1])
+    with pytest.raises(ValueError, match="max_length"):
+        evaluate.gen_ppl(texts, model, tokenizer, batch_size=3, eos_policy="official")
 
 
 def test_batch_size_does_not_change_the_result(judge):
@@ -231,7 +259,10 @@ def test_score_mask_rules():
     assert evaluate.score_mask([0, 2, 0, 3, 0], 0, "truncate").tolist() == [False, True, True, False, False]
     assert evaluate.score_mask([0, 2, 0, 3, 0], 0, "keep").tolist() == [False, True, True, True, True]
     assert evaluate.score_mask([0, 0, 3], 0, "truncate").tolist() == [False, True, False]
-    assert evaluate.score_mask([0, 2, 0, 3, 0], 0, "mdlm").tolist() == [False, True, True, True, False]
+    assert evaluate.score_mask([0, 2, 0, 3, 0], 0, "first_in_text").tolist() == [False, True, True, True, False]
+    assert evaluate.score_mask([0, 2, 0, 3, 0], 0, "mdlm").tolist() == [False, True, False, True, False]
+    assert evaluate.score_mask([2, 2, 0, 3, 0], 0, "mdlm").tolist() == [False, True, True, True, False]
+    assert evaluate.score_mask([2, 2, 3], 0, "mdlm").tolist() == [False, True, True]
     with pytest.raises(ValueError, match="eos_policy"):
         evaluate.score_mask([1, 2], 0, "drop")
 

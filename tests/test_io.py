@@ -47,3 +47,28 @@ def test_atomic_dir_replaces_as_a_whole_with_default_permissions(tmp_path, umask
         raise RuntimeError("killed")
     assert (out / "model.safetensors").read_text() == "w"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+
+
+def test_weights_are_published_with_default_permissions(tmp_path, umask_022):
+    """safetensors creates its files 0600; colleagues on a shared filesystem must read the weights as umask says."""
+    import torch
+
+    io.save_tensors(tmp_path / "w.safetensors", {"a": torch.ones(2)})
+    io.save_model_dir(tmp_path / "model", {"a": torch.ones(2)}, {"hidden": 2})
+    assert mode(tmp_path / "w.safetensors") == 0o644
+    assert mode(tmp_path / "model" / "model.safetensors") == 0o644 and mode(tmp_path / "model") == 0o755
+    assert mode(tmp_path / "model" / "config.json") == 0o644
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage", "empty"])
+def test_corrupt_weights_name_the_file(tmp_path, damage):
+    import torch
+
+    io.save_model_dir(tmp_path / "model", {"a": torch.arange(1000.0)}, {"hidden": 2})
+    weights = tmp_path / "model" / "model.safetensors"
+    raw = weights.read_bytes()
+    weights.write_bytes({"truncate": raw[: len(raw) // 2], "garbage": b"\xff" * 64, "empty": b""}[damage])
+    with pytest.raises(ValueError, match=f"{weights}: not a readable safetensors file"):
+        io.load_model_dir(tmp_path / "model")
+    with pytest.raises(ValueError, match=f"{weights}: not a readable safetensors file"):
+        io.load_tensors(weights)

@@ -85,7 +85,7 @@ def test_slurm_profile_dry_run_paper(tmp_path):
     assert "runtime=2880" in teacher and "mem_mb=64000" in teacher
     assert "slurm_partition=EDIT-cpu" in blocks["corpus"] and "gpu=" not in blocks["corpus"]
     assert "gpu=1" in blocks["sample"] and "slurm_partition=EDIT-gpu" in blocks["sample"]
-    assert "torchrun --standalone --nproc-per-node 8" in out
+    assert "-m torch.distributed.run --standalone --nproc-per-node 8" in out  # torchrun, through this Python
 
 
 @pytest.mark.slurm

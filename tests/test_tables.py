@@ -138,3 +138,13 @@ def check_teacher_marks(fig):
         expected = {"gen_ppl": [812.5, 401.25], "entropy": [4.812, 4.905]}[metric]
         assert [round(float(s[0][1]), 3) for s in segments] == expected
         assert [round(float(s[:, 0].mean()), 6) for s in segments] == [0.0, 1.0]  # centred on the NFE groups
+
+
+def test_network_calls_are_per_sampling_batch():
+    """A file of 64 samples in batches of 32 at NFE 8 ran 16 generator calls: the table says 8 per batch."""
+    summed = eval_json("teacher", "ancestral", "float64", 8, 1.0, 100.0, 4.0, network_calls=16, batch_size=32)
+    assert tables.calls_per_batch(summed) == 8
+    cached = {**summed, "network_calls": 13, "num_samples": 48}  # 2 batches (32 + 16), 13 calls with the cache
+    assert tables.calls_per_batch(cached) == 6.5
+    assert tables.calls_per_batch({**summed, "network_calls_per_batch": 7.5}) == 7.5  # the sample meta's own figure
+    assert tables.calls_per_batch(eval_json("teacher", "ancestral", "float64", 8, 1.0, 1.0, 1.0)) == 8

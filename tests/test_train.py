@@ -15,7 +15,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from didi import config, data, diffusion, train
+from didi import config, data, diffusion, runtime, train
 from didi.model import DiT, DiTConfig, load_dit
 
 L = 16
@@ -88,9 +88,9 @@ def test_block_sampler_is_a_function_of_seed_and_step_and_covers_each_epoch():
 
 
 def test_learning_rate_warms_up_linearly_then_stays_constant():
-    lrs = [train.learning_rate(step, 1.0, 4) for step in range(7)]
+    lrs = [runtime.warmup_lr(step, 1.0, 4) for step in range(7)]
     assert lrs == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0, 1.0]
-    assert train.learning_rate(0, 2.0, 0) == 2.0
+    assert runtime.warmup_lr(0, 2.0, 0) == 2.0
 
 
 def test_row_shards_of_the_loss_average_to_the_full_batch_loss():
@@ -112,9 +112,9 @@ def test_ema_update_tracks_parameters_with_warmed_up_decay():
     with torch.no_grad():
         model.weight.fill_(1.0)
         ema.weight.fill_(0.0)
-    train.ema_update(ema, model, decay=0.999, step=0)  # decay min(0.999, 1/10) = 0.1
+    runtime.ema_update(ema, model, decay=0.999, step=0, warmup=True)  # decay min(0.999, 1/10) = 0.1
     torch.testing.assert_close(ema.weight, torch.full((1, 2), 0.9))
-    train.ema_update(ema, model, decay=0.5, step=1000)  # decay 0.5 once warmed up
+    runtime.ema_update(ema, model, decay=0.5, step=1000, warmup=True)  # decay 0.5 once warmed up
     torch.testing.assert_close(ema.weight, torch.full((1, 2), 0.95))
 
 
@@ -161,7 +161,8 @@ def test_killed_run_resumes_to_the_same_weights(workspace, tmp_path):
     assert not (tmp_path / "b" / "ema").exists()
     assert [p.name for p in (tmp_path / "b" / "checkpoints").iterdir()] == ["step_000000004"]
     b = train.train_teacher(cfg, workspace / "tokens", workspace / "tokenizer", tmp_path / "b")
-    assert b["steps_this_run"] == 8  # resumed at step 4
+    assert b["steps_this_run"] == 8 and b["resumed_from_step"] == 4 and a["resumed_from_step"] is None
+    assert json.loads((tmp_path / "b" / "metrics.json").read_text())["resumed_from_step"] == 4
     for kind in ("raw", "ema"):
         assert_same_weights(weights(tmp_path / "a" / kind), weights(tmp_path / "b" / kind))
     assert b["loss_curve"] == a["loss_curve"] and b["eval_curve"] == a["eval_curve"]
@@ -169,7 +170,45 @@ def test_killed_run_resumes_to_the_same_weights(workspace, tmp_path):
     # a different configuration must not resume from these checkpoints
     other = tiny_cfg(steps=12, lr=1e-3)
     c = train.train_teacher(other, workspace / "tokens", workspace / "tokenizer", tmp_path / "b")
-    assert c["steps_this_run"] == 12
+    assert c["steps_this_run"] == 12 and c["resumed_from_step"] is None
+
+
+def test_a_checkpoint_made_by_other_code_is_not_resumed(workspace, tmp_path, monkeypatch, caplog):
+    cfg = tiny_cfg(steps=12)
+    train.train_teacher(cfg, workspace / "tokens", workspace / "tokenizer", tmp_path, max_steps=6)
+    monkeypatch.setattr(runtime, "code_version", lambda: "other code")
+    with caplog.at_level("WARNING", logger="didi.runtime"):
+        again = train.train_teacher(cfg, workspace / "tokens", workspace / "tokenizer", tmp_path)
+    assert again["steps_this_run"] == 12 and again["resumed_from_step"] is None
+    assert "not resuming from checkpoint" in caplog.text and "differs in code" in caplog.text
+
+
+def test_the_teacher_trajectory_is_that_of_the_code_before_the_runtime_refactor(workspace, tmp_path):
+    """Pinned: 30 steps with dropout, then 50 samples at NFE 8 in float64 and float32. The expected values were
+    computed by the code of main before didi/runtime.py existed (commit 1d4e57f); the refactor must not move a bit."""
+    import hashlib
+
+    cfg = tiny_cfg(steps=30, eval_every=10, checkpoint_every=10)
+    cfg["model"]["dropout"] = 0.1
+    metrics = train.train_teacher(cfg, workspace / "tokens", workspace / "tokenizer", tmp_path)
+    assert metrics["validation_nats"].hex() == "0x1.e2baef0000000p+1"
+    assert [list(e) for e in metrics["eval_curve"]] == [[10, 3.920795202255249], [20, 3.860621213912964],
+                                                        [30, 3.7713297605514526]]
+
+    def digest(tensors):
+        h = hashlib.sha256()
+        for k in sorted(tensors):
+            h.update(k.encode())
+            h.update(tensors[k].detach().contiguous().numpy().tobytes())
+        return h.hexdigest()[:16]
+
+    ema, _ = load_dit(tmp_path / "ema")
+    assert digest(ema.state_dict()) == "3f99c5b91e7aa835"
+    assert digest(load_dit(tmp_path / "raw")[0].state_dict()) == "c93476ab9d54e231"
+    for precision, expected in (("float64", "a1dfb72c4674e62a"), ("float32", "29a6918cfcd9f3cb")):
+        ids = diffusion.sample(ema, 50, L, 8, diffusion.LogLinearSchedule(1e-3), 42, torch.Generator().manual_seed(7),
+                               "cpu", precision, True).ids
+        assert hashlib.sha256(ids.numpy().tobytes()).hexdigest()[:16] == expected, precision
 
 
 def test_two_ddp_processes_match_one_process(workspace, tmp_path):

@@ -1,7 +1,9 @@
 """The workflow itself: lint, formatting, dry runs of every config, and the smoke DAG end to end."""
 
 import json
+import re
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -24,23 +26,104 @@ def test_snakefmt_clean():
 def test_dry_run(preset, tmp_path):
     if preset and not (REPO / "presets" / preset).exists():
         pytest.fail(f"presets/{preset} is missing")
-    args = ["--dry-run", "--config", f"results={tmp_path}"]
+    args = ["--dry-run", "--printshellcmds", "--config", f"results={tmp_path}"]
     if preset:
         args = ["--configfile", str(REPO / "config.yaml"), str(REPO / "presets" / preset), *args]
     out = run_snakemake(args).stdout
     for rule in ["corpus", "tokenizer", "train_teacher", "train_judge", "sample", "distill", "evaluate", "figures"]:
         assert f"rule {rule}:" in out, f"dry run of {preset or 'config.yaml'} plans no {rule} job"
+    # didi runs through Snakemake's own Python, never a `didi` found on PATH; distillation checks its inputs first
+    commands = [line for line in out.splitlines() if line.startswith("Shell command:") and "didi" in line]
+    assert commands and all(" -m didi " in line for line in commands)
+    assert f" -m didi check-inputs --teacher {tmp_path}/teacher/ema --tokens {tmp_path}/tokens/train.json" in out
 
 
-def test_dry_run_rejects_bad_config(tmp_path):
+BAD_CONFIGS = {  # preset text -> what the error must name (besides the file)
+    "teacher:\n  stepz: 3\n": "unknown key teacher.stepz",
+    "distill:\n  run: [full, nosuchvariant]\n": "distill.run: undefined variant(s) ['nosuchvariant']",
+    "distill:\n  run: [full]\n  rgas:\n    variants: [omega]\n": "distill.rgas.variants: ['omega'] not in distill.run",
+    "sampling:\n  nfe: [8, 100]\n": "sampling.nfe: NFE [100] > data.seq_len = 64",
+    "distill:\n  nfe: [8, 65]\n": "distill.nfe: NFE [65] > data.seq_len = 64",
+    "sampling:\n  temperature_nfe: 128\n": "sampling.temperature_nfe: NFE [128] > data.seq_len",
+    "distill:\n  teacher_pool_nfe: 128\n": "distill.teacher_pool_nfe: NFE [128] > data.seq_len",
+}
+
+
+@pytest.mark.parametrize("text", list(BAD_CONFIGS))
+def test_dry_run_rejects_bad_config_naming_file_and_key(text, tmp_path):
+    """Every check (schema and cross-key) runs before any job, in didi.config.validate: short, file and key named."""
     bad = tmp_path / "bad.yaml"
-    bad.write_text("teacher:\n  stepz: 3\n")
+    bad.write_text(text)
     proc = subprocess.run(
         [venv_bin("snakemake"), "-n", "--configfile", str(REPO / "config.yaml"), str(bad)],
         cwd=REPO, capture_output=True, text=True, env=subprocess_env(),
     )
+    out = proc.stdout + proc.stderr
     assert proc.returncode != 0
-    assert "stepz" in proc.stdout + proc.stderr
+    assert BAD_CONFIGS[text] in out and str(bad) in out
+    assert "Job stats" not in out and len(out.splitlines()) < 30  # no schema dump, no job planned
+
+
+def fake_finished_run(tmp_path, preset_args):
+    """Every output of the smoke DAG as an empty file/directory, recorded by `snakemake --touch` (with params):
+    what a finished run looks like to the rerun triggers, without running anything."""
+    results = tmp_path / "results"
+    args = [*preset_args, "--config", f"results={results}"]
+    summary = run_snakemake(["--directory", str(tmp_path), "--summary", *args]).stdout
+    for line in summary.splitlines()[1:]:
+        path = Path(line.split("\t")[0])
+        if path.suffix:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.touch()
+        else:
+            path.mkdir(parents=True, exist_ok=True)
+    run_snakemake(["--directory", str(tmp_path), "--touch", "--cores", "1", *args])
+    return results
+
+
+def planned_jobs(tmp_path, results, preset_args, edit: str) -> dict[str, int]:
+    edited = tmp_path / "edit.yaml"
+    edited.write_text(edit)
+    out = run_snakemake(["--directory", str(tmp_path), "-n", *preset_args, str(edited), "--config",
+                         f"results={results}"]).stdout
+    return {rule: int(n) for rule, n in re.findall(r"^(\w+)\s+(\d+)$", out, re.M) if rule != "total"}
+
+
+def test_edits_rerun_only_the_steps_whose_outputs_they_change(tmp_path):
+    """Logging cadence reruns nothing; an inference-only key reruns only the files that use it; one new NFE point
+    samples one new file (not the other points, the teacher pool or teacher_pos); a training key retrains."""
+    results = fake_finished_run(tmp_path, SMOKE)
+    after = {"table": 1, "figures": 1, "all": 1}
+    assert planned_jobs(tmp_path, results, SMOKE, "teacher:\n  log_every: 3\n  checkpoint_every: 7\n") == {}
+    assert planned_jobs(tmp_path, results, SMOKE, "distill:\n  log_every: 3\n  checkpoint_every: 7\n") == {}
+    # the smoke preset has one RGAS variant at one student NFE: its one RGAS file is resampled, nothing trains
+    assert planned_jobs(tmp_path, results, SMOKE, "distill:\n  rgas:\n    h_start: 1.0\n") == {
+        "sample": 1, "evaluate": 1, **after}
+    assert planned_jobs(tmp_path, results, SMOKE, "sampling:\n  nfe: [4, 8, 32]\n") == {
+        "sample": 1, "evaluate": 1, **after}
+    retrain = planned_jobs(tmp_path, results, SMOKE, "teacher:\n  lr: 1.0e-3\n")
+    assert retrain["train_teacher"] == 1 and retrain["distill"] >= 1 and retrain["teacher_pool"] == 1
+
+
+def test_rerun_appends_to_the_log_with_a_header(tmp_path):
+    """The corpus step twice (forced), with no venv on PATH (a bare `.venv/bin/snakemake`): the log holds the last
+    run, its history both, each after a dated header naming the command."""
+    corpus = tmp_path / "texts"
+    corpus.mkdir()
+    for i in range(12):
+        (corpus / f"doc{i}.txt").write_text(f"document number {i} " * 20)
+    args = ["--cores", "1", *SMOKE, "--config", f"results={tmp_path / 'results'}", f"corpus={{source: {corpus}}}",
+            "--forcerun", "corpus", "--until", "corpus"]
+    bare = {**subprocess_env(), "PATH": "/usr/bin:/bin"}  # neither `didi` nor `torchrun` can be found
+    for _ in range(2):
+        proc = subprocess.run([venv_bin("snakemake"), "--directory", str(tmp_path), *args], cwd=REPO, env=bare,
+                              capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    header = re.compile(r"^=== \d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ \S+ -m didi corpus --config-json CONFIG", re.M)
+    history = (tmp_path / "results" / "logs" / "corpus.log.history").read_text()
+    assert len(header.findall(history)) == 2 and history.count("corpus train: 11 documents") == 2, history
+    log = (tmp_path / "results" / "logs" / "corpus.log").read_text()
+    assert len(header.findall(log)) == 1 and "corpus train: 11 documents" in log, log
 
 
 @pytest.mark.slow

@@ -25,12 +25,15 @@ rule train_baseline:
         runtime=runtime("train"),
         gpu=min(1, config["resources"]["gpu"]),  # one process
     params:
-        cfg=cfg_json("seed", "data", "model", "teacher", "baseline"),
+        rerun_on=relevant("train_baseline"),
+        config_json=command_config("train_baseline"),
         tokens=parent_of("train", "input"),
         out_dir=parent_of("info"),
     shell:
-        "OMP_NUM_THREADS={threads} didi train-baseline --config-json {params.cfg:q} --tokens {params.tokens}"
-        " --tokenizer {input.tokenizer} --out-dir {params.out_dir} > {log} 2>&1"
+        logged(
+            "OMP_NUM_THREADS={threads} {DIDI} train-baseline --config-json {params.config_json:q}"
+            " --tokens {params.tokens} --tokenizer {input.tokenizer} --out-dir {params.out_dir}"
+        )
 
 
 rule sample_baseline:
@@ -53,11 +56,14 @@ rule sample_baseline:
         runtime=runtime("sample"),
         gpu=config["resources"]["sample_gpu"],
     params:
-        cfg=cfg_json("seed", "data", "sampling"),
+        rerun_on=relevant("sample_baseline"),
+        config_json=command_config("sample_baseline"),
         stem=lambda wc, output: output.ids.removesuffix(".npy"),
         baseline_dir=parent_of("info", "input"),
         num_samples=config["sampling"]["num_samples"],
     shell:
-        "OMP_NUM_THREADS={threads} didi sample-baseline --config-json {params.cfg:q} --baseline {params.baseline_dir}"
-        " --tokenizer {input.tokenizer} --temperature {wildcards.temperature}"
-        " --num-samples {params.num_samples} --out {params.stem} > {log} 2>&1"
+        logged(
+            "OMP_NUM_THREADS={threads} {DIDI} sample-baseline --config-json {params.config_json:q}"
+            " --baseline {params.baseline_dir} --tokenizer {input.tokenizer} --temperature {wildcards.temperature}"
+            " --num-samples {params.num_samples} --out {params.stem}"
+        )

@@ -1,10 +1,12 @@
-# Helpers shared by the rules: config sections handed to each command, output paths, and the target lists.
+# Helpers shared by the rules: how a rule runs `didi`, the config it hands each command, output paths, targets.
 import json
 import os
+import sys
 
-from didi.config import check_paths, sections
+from snakemake_interface_executor_plugins.settings import DeploymentMethod
 
-check_paths(config, source="workflow config")
+from didi.config import outputs_relevant, step_sections, variant_method
+from didi.diffusion import PRECISIONS
 
 R = config["results"]
 ENVS = "../../envs/didi.yaml"
@@ -13,20 +15,59 @@ SAMPLE_STEM = "{sampler}_{precision}_nfe{nfe}_T{temperature}"
 BASELINE_NFE = config["data"]["seq_len"] - 1
 BASELINE_STEM = f"gpt2/ar_float32_nfe{BASELINE_NFE}_T{{temperature}}"
 
+# `didi` and torchrun through the Python that runs Snakemake (no virtual environment to activate), or through the
+# conda env's Python under --sdm conda (envs/didi.yaml installs didi).
+USE_CONDA = DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method
+PYTHON = "python" if USE_CONDA else sys.executable
+LAUNCHERS = {
+    "{DIDI}": f"{PYTHON} -m didi",
+    "{TORCHRUN}": f"{PYTHON} -m torch.distributed.run --standalone",
+}
+
+
+def logged(command):
+    """A rule's shell command: {DIDI}/{TORCHRUN} resolved, its output in the log after a header line (UTC date and
+    the command, config JSON elided), and also APPENDED to `<log>.history`: Snakemake empties the log: file before
+    each run, the history keeps the record of every run before it (a killed run's last lines included).
+    """
+    for placeholder, launcher in LAUNCHERS.items():
+        command = command.replace(placeholder, launcher)
+    shown = command.replace("{params.config_json:q}", "CONFIG")
+    header = f"\"=== $(date -u +%Y-%m-%dT%H:%M:%SZ)\" '{shown}'"
+    keep = "tee -a {log}.history >> {log}"
+    return f"echo {header} | {keep}; ({command}) 2>&1 | {keep}"
+
+
+class Untracked:
+    """A param value that Snakemake hands to the shell but does not compare for its params rerun trigger (it
+    records only values of builtin types): the whole config sections a command reads."""
+
+    def __init__(self, text):
+        self.text = text
+
+    def __str__(self):
+        return self.text
+
+
+def command_config(step):
+    """A param: every config section the step's command reads, as JSON for `--config-json` (untracked)."""
+    return Untracked(json.dumps(step_sections(config, step), sort_keys=True))
+
+
+def relevant(step):
+    """A param: the config the step's outputs depend on (didi.config.STEPS lists what they do not depend on);
+    editing any other key reruns nothing."""
+    return json.dumps(outputs_relevant(config, step), sort_keys=True)
+
 
 wildcard_constraints:
     model=r"teacher|gpt2|student-[A-Za-z0-9_]+",
     variant=r"[A-Za-z0-9_]+",
     sampler=r"ancestral|rgas|ar",
-    precision=r"float64|float32",
+    precision="|".join(PRECISIONS),
     nfe=r"\d+",
     temperature=r"\d+\.\d+",
     split=r"train|validation",
-
-
-def cfg_json(*names):
-    """The config sections a step depends on, as JSON for `--config-json` (params: a change reruns that step)."""
-    return json.dumps(sections(config, *names), sort_keys=True)
 
 
 def fmt_temperature(t):
@@ -143,11 +184,20 @@ def distill_inputs(wildcards):
     inputs = {
         "teacher": f"{R}/teacher/ema",
         "tokens": f"{R}/tokens/train.npy",
+        "token_stats": f"{R}/tokens/train.json",
         "tokenizer": f"{R}/tokenizer",
     }
     if wildcards.variant in variants_needing_teacher_pool():
         inputs["pool"] = f"{R}/samples/teacher/pool.npy"
     return inputs
+
+
+def rgas_params(wildcards):
+    """A param of RGAS sample files only: the guidance settings (which variants get RGAS names other files)."""
+    if wildcards.sampler != "rgas":
+        return ""
+    rgas = {k: v for k, v in config["distill"]["rgas"].items() if k != "variants"}
+    return json.dumps(rgas, sort_keys=True)
 
 
 def bench_inputs(wildcards):

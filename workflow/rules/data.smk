@@ -17,10 +17,13 @@ rule corpus:
         mem_mb=config["resources"]["mem_mb"],
         runtime=runtime("light"),
     params:
-        cfg=cfg_json("seed", "corpus"),
+        rerun_on=relevant("corpus"),
+        config_json=command_config("corpus"),
         out_dir=parent_of("stats"),
     shell:
-        "didi corpus --config-json {params.cfg:q} --out-dir {params.out_dir} > {log} 2>&1"
+        logged(
+            "{DIDI} corpus --config-json {params.config_json:q} --out-dir {params.out_dir}"
+        )
 
 
 rule tokenizer:
@@ -39,11 +42,14 @@ rule tokenizer:
         mem_mb=config["resources"]["mem_mb"],
         runtime=runtime("light"),
     params:
-        cfg=cfg_json("seed", "tokenizer"),
+        rerun_on=relevant("tokenizer"),
+        config_json=command_config("tokenizer"),
         corpus_dir=parent_of("train", "input"),
     shell:
-        "didi tokenizer --config-json {params.cfg:q} --corpus-dir {params.corpus_dir}"
-        " --out-dir {output} > {log} 2>&1"
+        logged(
+            "{DIDI} tokenizer --config-json {params.config_json:q} --corpus-dir {params.corpus_dir}"
+            " --out-dir {output}"
+        )
 
 
 rule tokenize:
@@ -64,8 +70,11 @@ rule tokenize:
         mem_mb=config["resources"]["mem_mb"],
         runtime=runtime("light"),
     params:
-        cfg=cfg_json("data"),
+        rerun_on=relevant("tokenize"),
+        config_json=command_config("tokenize"),
         corpus_dir=parent_of("split", "input"),
     shell:
-        "didi tokenize --config-json {params.cfg:q} --corpus-dir {params.corpus_dir}"
-        " --tokenizer {input.tokenizer} --split {wildcards.split} --out {output.blocks} > {log} 2>&1"
+        logged(
+            "{DIDI} tokenize --config-json {params.config_json:q} --corpus-dir {params.corpus_dir}"
+            " --tokenizer {input.tokenizer} --split {wildcards.split} --out {output.blocks}"
+        )

@@ -1,4 +1,6 @@
-# DiDi-Instruct distillation: one run per variant (the full method and the paper's cumulative ablation).
+# DiDi-Instruct distillation: one run per variant (the full method and the paper's cumulative ablation). Before
+# it starts, `didi check-inputs` checks that teacher, token blocks and tokenizer agree on L and vocabulary, and
+# names the file that does not.
 
 
 rule distill:
@@ -21,14 +23,18 @@ rule distill:
         runtime=runtime("train"),
         gpu=config["resources"]["gpu"],
     params:
-        cfg=cfg_json("seed", "diffusion", "distill", "wandb"),
+        rerun_on=relevant("distill"),
+        config_json=command_config("distill"),
+        method=lambda wc: json.dumps(variant_method(config, wc.variant), sort_keys=True),
         out_dir=parent_of("metrics"),
         nproc=train_procs(),
         pool=lambda wc, input: (
             f"--teacher-pool {input.pool}" if "pool" in input.keys() else ""
         ),
     shell:
-        "OMP_NUM_THREADS={threads} torchrun --standalone --nproc-per-node {params.nproc}"
-        " -m didi.cli distill --config-json {params.cfg:q} --teacher {input.teacher} --tokens {input.tokens}"
-        " --tokenizer {input.tokenizer} --variant {wildcards.variant} {params.pool}"
-        " --out-dir {params.out_dir} > {log} 2>&1"
+        logged(
+            "({DIDI} check-inputs --teacher {input.teacher} --tokens {input.token_stats} --tokenizer {input.tokenizer}"
+            " && OMP_NUM_THREADS={threads} {TORCHRUN} --nproc-per-node {params.nproc} -m didi distill"
+            " --config-json {params.config_json:q} --teacher {input.teacher} --tokens {input.tokens}"
+            " --tokenizer {input.tokenizer} --variant {wildcards.variant} {params.pool} --out-dir {params.out_dir})"
+        )

@@ -1,31 +1,4 @@
-# The judge, real-text reference rows, and per-sample-file evaluation (gen-PPL, entropy, MAUVE).
-
-
-rule train_judge:
-    input:
-        train=rules.corpus.output.train,
-        validation=rules.corpus.output.validation,
-        tokenizer=rules.tokenizer.output,
-    output:
-        judge=f"{R}/judge/judge.json",
-    log:
-        f"{R}/logs/train_judge.log",
-    benchmark:
-        f"{R}/benchmarks/train_judge.tsv"
-    conda:
-        ENVS
-    threads: config["resources"]["threads"]
-    resources:
-        mem_mb=config["resources"]["mem_mb"],
-        runtime=runtime("train"),
-        gpu=config["resources"]["sample_gpu"],
-    params:
-        cfg=cfg_json("seed", "judge", "data"),
-        corpus_dir=parent_of("train", "input"),
-        out_dir=parent_of("judge"),
-    shell:
-        "OMP_NUM_THREADS={threads} didi train-judge --config-json {params.cfg:q}"
-        " --corpus-dir {params.corpus_dir} --tokenizer {input.tokenizer} --out-dir {params.out_dir} > {log} 2>&1"
+# Real-text reference rows and per-sample-file evaluation (gen-PPL, entropy, MAUVE).
 
 
 rule reference:
@@ -49,14 +22,17 @@ rule reference:
         runtime=runtime("evaluate"),
         gpu=config["resources"]["sample_gpu"],
     params:
-        cfg=cfg_json("seed", "evaluation"),
+        rerun_on=relevant("reference"),
+        config_json=command_config("reference"),
         out_dir=parent_of("metrics"),
         judge_dir=parent_of("judge", "input"),
         num_samples=config["sampling"]["num_samples"],
     shell:
-        "OMP_NUM_THREADS={threads} didi reference --config-json {params.cfg:q} --tokens {input.tokens}"
-        " --tokenizer {input.tokenizer} --judge {params.judge_dir} --num-samples {params.num_samples}"
-        " --out-dir {params.out_dir} > {log} 2>&1"
+        logged(
+            "OMP_NUM_THREADS={threads} {DIDI} reference --config-json {params.config_json:q}"
+            " --tokens {input.tokens} --tokenizer {input.tokenizer} --judge {params.judge_dir}"
+            " --num-samples {params.num_samples} --out-dir {params.out_dir}"
+        )
 
 
 rule evaluate:
@@ -80,10 +56,13 @@ rule evaluate:
         runtime=runtime("evaluate"),
         gpu=config["resources"]["sample_gpu"],
     params:
-        cfg=cfg_json("seed", "evaluation"),
+        rerun_on=relevant("evaluate"),
+        config_json=command_config("evaluate"),
         stem=lambda wc, input: input.ids.removesuffix(".npy"),
         judge_dir=parent_of("judge", "input"),
         reference_dir=parent_of("reference", "input"),
     shell:
-        "OMP_NUM_THREADS={threads} didi evaluate --config-json {params.cfg:q} --samples {params.stem}"
-        " --judge {params.judge_dir} --reference {params.reference_dir} --out {output} > {log} 2>&1"
+        logged(
+            "OMP_NUM_THREADS={threads} {DIDI} evaluate --config-json {params.config_json:q}"
+            " --samples {params.stem} --judge {params.judge_dir} --reference {params.reference_dir} --out {output}"
+        )

@@ -22,10 +22,13 @@ rule table:
         mem_mb=2000,
         runtime=runtime("light"),
     params:
-        cfg=cfg_json("seed"),
+        rerun_on=relevant("table"),
+        config_json=command_config("table"),
     shell:
-        "didi table --config-json {params.cfg:q} --evals {input.evals} --reference {input.reference}"
-        " --out {output} > {log} 2>&1"
+        logged(
+            "{DIDI} table --config-json {params.config_json:q} --evals {input.evals}"
+            " --reference {input.reference} --out {output}"
+        )
 
 
 rule figures:
@@ -61,10 +64,13 @@ rule figures:
         mem_mb=2000,
         runtime=runtime("light"),
     params:
-        cfg=cfg_json("seed"),
+        rerun_on=relevant("figures"),
+        config_json=command_config("figures"),
         out_dir=parent_of("gen_ppl_vs_nfe_png"),
     shell:
-        "didi figures --config-json {params.cfg:q} --table {input} --out-dir {params.out_dir} > {log} 2>&1"
+        logged(
+            "{DIDI} figures --config-json {params.config_json:q} --table {input} --out-dir {params.out_dir}"
+        )
 
 
 rule bench:
@@ -85,9 +91,8 @@ rule bench:
         runtime=runtime("train"),
         gpu=config["resources"]["gpu"],
     params:
-        cfg=cfg_json(
-            "seed", "data", "model", "diffusion", "teacher", "sampling", "distill"
-        ),
+        rerun_on=relevant("bench"),
+        config_json=command_config("bench"),
         tokens=parent_of("tokens", "input"),
         baseline=parent_of("baseline", "input"),
         out_dir=parent_of(0),
@@ -97,6 +102,8 @@ rule bench:
             else ""
         ),
     shell:
-        "OMP_NUM_THREADS={threads} didi bench --config-json {params.cfg:q} --tokens {params.tokens}"
-        " --tokenizer {input.tokenizer} --teacher {input.teacher} {params.student} --baseline {params.baseline}"
-        " --out-dir {params.out_dir} > {log} 2>&1"
+        logged(
+            "OMP_NUM_THREADS={threads} {DIDI} bench --config-json {params.config_json:q} --tokens {params.tokens}"
+            " --tokenizer {input.tokenizer} --teacher {input.teacher} {params.student}"
+            " --baseline {params.baseline} --out-dir {params.out_dir}"
+        )

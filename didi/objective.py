@@ -1,0 +1,237 @@
+"""The DiDi-Instruct objective (method.md section 2) as plain functions: no files, no DDP, no optimisers.
+
+`distill.distill_step` strings them together into one iteration (recipe steps 1..10 there). Every switch of a
+variant is a key of the `method` dict (config distill.method + the variant's overrides), read where it acts.
+
+A denoiser is any `model(z [B, L], sigma [B]) -> logits [B, L, V+1]` ([MASK] = the last id), a discriminator any
+`D(z, sigma) -> [B, L]` logits. `generator`: one torch.Generator for all rows, or a list of one per group of rows
+(`draw_rows`), so that a group's draws do not depend on which other groups share the batch.
+Masked-position means divide by a `count(mask)` the caller passes: this batch's count for one process, the global
+count divided by the world size under DDP.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from didi.diffusion import LogLinearSchedule, ancestral_step, corrupt
+
+
+# ---------------------------------------------------------------------------------------------- randomness
+def draw_rows(generator, n: int, draw: Callable):
+    """draw(gen, rows: slice) -> a tensor (or tuple of tensors) for those rows, for n rows. `generator` is one
+    generator for all rows, or a list with one per group of n / len(list) consecutive rows."""
+    if isinstance(generator, torch.Generator):
+        return draw(generator, slice(0, n))
+    per = n // len(generator)
+    if per * len(generator) != n:
+        raise ValueError(f"{n} rows do not split into {len(generator)} equal groups")
+    parts = [draw(g, slice(i * per, (i + 1) * per)) for i, g in enumerate(generator)]
+    if isinstance(parts[0], tuple):
+        return tuple(torch.cat(column) for column in zip(*parts))
+    return torch.cat(parts)
+
+
+def sample_tau(n: int, distribution: str, clip, generator: torch.Generator, device):
+    """tau [n] from Uniform(0,1) or Beta(2,2), clamped to `clip`; and pi(tau), the density it was drawn from.
+
+    Beta(2,2) is drawn as the median of three uniforms (density 6 t (1 - t)), so it uses the explicit generator.
+    """
+    if distribution == "uniform":
+        tau = torch.rand(n, generator=generator, device=device, dtype=torch.float64)
+        pi = torch.ones_like(tau)
+    elif distribution == "beta22":
+        tau = torch.rand(n, 3, generator=generator, device=device, dtype=torch.float64).median(dim=1).values
+        pi = None
+    else:
+        raise ValueError(f"unknown tau distribution {distribution!r}")
+    tau = tau.clamp(*clip)
+    if pi is None:
+        pi = 6.0 * tau * (1.0 - tau)
+    return tau.float(), pi.float()
+
+
+def draw_tau(n: int, method: dict, clip, generator, device, group_size: int = 1):
+    """sample_tau with the method's distribution for n rows, per group when given one generator per group.
+
+    method["tau_per_group"]: one tau for each group of `group_size` consecutive rows, so that the grouped advantage
+    compares the G samples of a prompt at one noise level instead of ranking noise levels."""
+    shared = group_size if method["tau_per_group"] else 1
+    tau, pi = draw_rows(generator, n // shared, lambda g, r: sample_tau(r.stop - r.start, method["tau_distribution"],
+                                                                        clip, g, device))
+    return tau.repeat_interleave(shared), pi.repeat_interleave(shared)
+
+
+# ---------------------------------------------------------------------------------------------- the rollout
+def real_log_probs(logits: torch.Tensor, mask_id: int) -> torch.Tensor:
+    """log p(v | z) over the REAL tokens only ([MASK] suppressed, the SUBS rule), float32 [..., V]."""
+    if mask_id != logits.shape[-1] - 1:
+        raise ValueError(f"[MASK] must be the last id (mask_id={mask_id}, vocab={logits.shape[-1]})")
+    return torch.log_softmax(logits[..., :mask_id].float(), dim=-1)
+
+
+def with_mask_column(log_probs: torch.Tensor) -> torch.Tensor:
+    """[..., V] real-token log-probs -> [..., V+1] with log p([MASK]) = -inf (what ancestral_step reads)."""
+    return torch.cat([log_probs, log_probs.new_full((*log_probs.shape[:-1], 1), float("-inf"))], dim=-1)
+
+
+def student_step(student: nn.Module, z: torch.Tensor, t: torch.Tensor, alpha_next: torch.Tensor,
+                 schedule: LogLinearSchedule, mask_id: int, generator, method: dict, precision: str):
+    """One ancestral step t -> s of the student (diffusion.ancestral_step), with ell [B] = the sum over newly
+    revealed positions of log p(token | z_t), differentiable. Returns (z_s, ell, log_probs [B, L, V]).
+
+    method["on_policy_single_pass"]: the sample is drawn from the same forward pass that the gradient goes through;
+    otherwise it is drawn from a separate no-grad pass and scored by a second one (the official code's way;
+    differs under dropout)."""
+    sigma = schedule.sigma(t)
+    if method["on_policy_single_pass"]:
+        log_probs = draw_from = real_log_probs(student(z, sigma), mask_id)
+    else:
+        with torch.no_grad():
+            draw_from = real_log_probs(student(z, sigma), mask_id)
+        log_probs = real_log_probs(student(z, sigma), mask_id)
+    draw_from, score = with_mask_column(draw_from), with_mask_column(log_probs)
+    alpha_t = schedule.alpha(t)
+    z_next, ell = draw_rows(generator, z.shape[0], lambda g, r: ancestral_step(
+        draw_from[r], z[r], alpha_t[r], alpha_next[r], mask_id, g, precision, score=score[r]))
+    return z_next, ell, log_probs
+
+
+def rollout(student, rows: int, seq_len: int, tau: torch.Tensor, schedule, mask_id: int, method: dict, t0: float,
+            generator, precision: str, device) -> dict:
+    """The student's few-step generation from all-[MASK]; returns the sample x, log p(x) and the states
+    (z, t, log_probs) it acted in. score_decomposition: 1 -> tau -> end (log p = ell_1 + ell_2), else one-shot
+    1 -> end. end is alpha = 1 (finish_at_alpha_one: no [MASK] survives) or t0."""
+    z1 = torch.full((rows, seq_len), mask_id, dtype=torch.long, device=device)
+    one = torch.ones(rows, device=device)
+    end = schedule.alpha(torch.full((rows,), 0.0 if method["finish_at_alpha_one"] else t0, device=device))
+    step = dict(schedule=schedule, mask_id=mask_id, generator=generator, method=method, precision=precision)
+    if method["score_decomposition"]:
+        z_tau, ell1, lp1 = student_step(student, z1, one, schedule.alpha(tau), **step)
+        x, ell2, lp2 = student_step(student, z_tau, tau, end, **step)
+        return {"x": x, "logp": ell1 + ell2, "states": [(z1, one, lp1), (z_tau, tau, lp2)]}
+    x, ell, lp1 = student_step(student, z1, one, end, **step)
+    # one-shot: the only state the student acted in is z_1, so the regulariser is taken there alone
+    return {"x": x, "logp": ell, "states": [(z1, one, lp1)]}
+
+
+# ---------------------------------------------------------------------------------------------- discriminator
+def corrupt_both(x_fake, real, tau, schedule, mask_id: int, method: dict, clip, generator):
+    """Student samples corrupted at alpha(tau); positives at the same time (coupled_time) or their own tau.
+    Returns (z_fake, z_real, tau_real)."""
+    n = x_fake.shape[0]
+    alpha_fake = schedule.alpha(tau)
+    z_fake = draw_rows(generator, n, lambda g, r: corrupt(x_fake[r], alpha_fake[r], mask_id, g))
+    tau_real = tau if method["coupled_time"] else draw_tau(n, method, clip, generator, x_fake.device)[0]
+    alpha_real = schedule.alpha(tau_real)
+    z_real = draw_rows(generator, n, lambda g, r: corrupt(real[r], alpha_real[r], mask_id, g))
+    return z_fake, z_real, tau_real
+
+
+def smoothed_bce(logits_real, mask_real, logits_fake, mask_fake, smoothing: float, counts=None) -> torch.Tensor:
+    """Balanced BCE on masked positions: real targets 1 - s, student targets s; each side averaged on its own.
+    counts: (real, fake) divisors in place of this batch's masked counts (DDP: the global counts / world size),
+    each at least 1 / world size (no masked position: a loss of 0)."""
+    bce = F.binary_cross_entropy_with_logits
+    bce_real = bce(logits_real, torch.full_like(logits_real, 1.0 - smoothing), reduction="none")
+    bce_fake = bce(logits_fake, torch.full_like(logits_fake, smoothing), reduction="none")
+    n_real, n_fake = counts if counts is not None else (mask_real.sum().clamp(min=1), mask_fake.sum().clamp(min=1))
+    real = (bce_real * mask_real).sum() / n_real
+    fake = (bce_fake * mask_fake).sum() / n_fake
+    return 0.5 * (real + fake)
+
+
+def discriminator_loss(D, z_real, tau_real, z_fake, tau, schedule, mask_id: int, smoothing: float, count: Callable):
+    """(smoothed BCE on the masked positions of both sides, the number of those positions D classifies right)."""
+    mask_real, mask_fake = z_real == mask_id, z_fake == mask_id
+    logits_real = D(z_real, schedule.sigma(tau_real))
+    logits_fake = D(z_fake, schedule.sigma(tau))
+    loss = smoothed_bce(logits_real, mask_real.float(), logits_fake, mask_fake.float(), smoothing,
+                        counts=(count(mask_real).float(), count(mask_fake).float()))
+    with torch.no_grad():
+        correct = ((logits_real > 0) & mask_real).sum() + ((logits_fake < 0) & mask_fake).sum()
+    return loss, correct
+
+
+# ---------------------------------------------------------------------------------------------- reward -> weights
+def masked_row_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Per-row mean of values [B, L] over positions where mask [B, L] is true (0 for a row with none)."""
+    mask = mask.float()
+    return (values * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1)
+
+
+@torch.no_grad()
+def rewards(D, z_fake, tau, schedule, mask_id: int, clip: float) -> torch.Tensor:
+    """Per row: the discriminator's clipped log-odds averaged over the row's masked positions (D in eval mode: no
+    dropout, spectral norm uses its stored vectors)."""
+    was_training = D.training
+    D.eval()
+    token_reward = D(z_fake, schedule.sigma(tau)).clamp(-clip, clip)
+    D.train(was_training)
+    return masked_row_mean(token_reward, z_fake == mask_id)
+
+
+def grouped_advantages(rewards: torch.Tensor, group_size: int, clip: float) -> torch.Tensor:
+    """(R - mean_group) / (std_group + 1e-8), clipped to [-clip, clip]; groups are G consecutive rows.
+
+    std is the unbiased sample standard deviation (torch's default), as in GRPO implementations.
+    """
+    r = rewards.view(-1, group_size)
+    a = (r - r.mean(dim=1, keepdim=True)) / (r.std(dim=1, keepdim=True) + 1e-8)
+    return a.clamp(-clip, clip).view(-1)
+
+
+def shuffled(advantage: torch.Tensor, generator) -> torch.Tensor:
+    """The control of the study: advantages permuted across this batch's rows, so the reward carries no information
+    about the sample it is paired with; what the student does then is drift, not learning."""
+    first = generator if isinstance(generator, torch.Generator) else generator[0]
+    return advantage[torch.randperm(advantage.shape[0], generator=first, device=first.device)]
+
+
+def time_weight(schedule, tau, pi, method: dict, omega_clip) -> torch.Tensor:
+    """omega(tau) clamped to omega_clip (method["omega"], else 1), divided by pi(tau) if importance_weight."""
+    weight = schedule.omega(tau).clamp(*omega_clip) if method["omega"] else torch.ones_like(tau)
+    return weight / pi if method["importance_weight"] else weight
+
+
+# ---------------------------------------------------------------------------------------------- student loss
+def policy_gradient_loss(weight, advantage, logp) -> torch.Tensor:
+    """-mean(w A log p): its gradient is the score-function estimate of the weighted advantage's gradient."""
+    return -(weight * advantage * logp).mean()
+
+
+def divergence(student_lp: torch.Tensor, teacher_lp: torch.Tensor, kind: str, beta: float) -> torch.Tensor:
+    """Per-position divergence between teacher and student token distributions [..., V] -> [...].
+
+    forward_kl: KL(teacher || student). jeffrey: (1 - beta) KL(teacher || student) + beta KL(student || teacher)
+    (beta = 0 is the forward KL, beta = 1 the reverse, as in the official config).
+    """
+    forward = (teacher_lp.exp() * (teacher_lp - student_lp)).sum(-1)
+    if kind == "forward_kl":
+        return forward
+    if kind == "jeffrey":
+        reverse = (student_lp.exp() * (student_lp - teacher_lp)).sum(-1)
+        return (1.0 - beta) * forward + beta * reverse
+    raise ValueError(f"unknown regularizer {kind!r}")
+
+
+def regulariser(states, teacher, schedule, mask_id: int, method: dict, count: Callable):
+    """(divergence to the teacher, student entropy), each a mean over the masked positions of every state the
+    student acted in, averaged over the states. With method["kl_coef"] == 0 the divergence is still measured (it
+    is logged), but without a gradient."""
+    kl = entropy = torch.zeros((), device=states[0][0].device)
+    for z, t, student_lp in states:
+        masked = z == mask_id  # where() rather than multiply: outputs at unmasked positions are irrelevant, maybe inf
+        n = count(masked).to(student_lp.dtype)
+        with torch.no_grad():
+            teacher_lp = real_log_probs(teacher(z, schedule.sigma(t)), mask_id)
+        lp = student_lp if method["kl_coef"] > 0 else student_lp.detach()
+        div = divergence(lp, teacher_lp, method["regularizer"], method["jeffrey_beta"])
+        kl = kl + torch.where(masked, div, 0.0).sum() / n
+        ent = -(student_lp.exp() * student_lp).sum(-1)
+        entropy = entropy + torch.where(masked, ent, 0.0).sum() / n
+    return kl / len(states), entropy / len(states)
