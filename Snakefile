@@ -31,6 +31,7 @@ include: "workflow/rules/teacher.smk"
 include: "workflow/rules/sample.smk"
 include: "workflow/rules/distill.smk"
 include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/baseline.smk"
 include: "workflow/rules/report.smk"
 
 

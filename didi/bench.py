@@ -13,6 +13,8 @@ all plus the machine description:
              and RGAS against plain ancestral sampling at the same NFE (wall-clock overhead, discriminator calls).
              Uses --student / --discriminator when given, else the teacher's weights in both roles (the networks
              have the same size, so the timing differs only through the cache hit rate).
+ - baseline: the AR GPT-2 baseline with its KV cache against the teacher at NFE = L and the student at each
+             distill.nfe: samples/s, tokens/s and speed-up ratios (didi.baseline.bench_baseline; needs --baseline).
 """
 
 from __future__ import annotations
@@ -241,13 +243,21 @@ def section_speedup(cfg: dict, ctx: dict) -> dict:
             "discriminator_dir": ctx.get("discriminator_dir")}
 
 
-SECTIONS = {"teacher": section_teacher, "distill": section_distill, "speedup": section_speedup}
+def section_baseline(cfg: dict, ctx: dict) -> dict:
+    from didi.baseline import bench_baseline
+
+    return bench_baseline(cfg, ctx)
+
+
+SECTIONS = {"teacher": section_teacher, "distill": section_distill, "speedup": section_speedup,
+            "baseline": section_baseline}
 
 
 def run_bench(cfg: dict, tokens_dir: str | Path, tokenizer_dir: str | Path, out_dir: str | Path,
               teacher_dir: str | Path | None = None, sections: list[str] | None = None, nfe: list[int] | None = None,
               warmup_steps: int = 3, timed_steps: int = 10, student_dir: str | Path | None = None,
-              discriminator_dir: str | Path | None = None, peak: float | None = None) -> dict:
+              discriminator_dir: str | Path | None = None, peak: float | None = None,
+              baseline_dir: str | Path | None = None) -> dict:
     """Run the chosen sections (default: teacher, plus distill and speedup when the config has a distill section);
     write the JSON files."""
     out_dir = Path(out_dir)
@@ -261,11 +271,13 @@ def run_bench(cfg: dict, tokens_dir: str | Path, tokenizer_dir: str | Path, out_
     if blocks.shape[1] != model.config.seq_len:
         raise ValueError(f"{tokens_dir}/train.npy has blocks of {blocks.shape[1]} tokens, the model "
                          f"{model.config.seq_len}")
-    sections = sections or ["teacher"] + (["distill", "speedup"] if "distill" in cfg else [])
+    sections = sections or ["teacher"] + (["distill", "speedup"] if "distill" in cfg else []) + (
+        ["baseline"] if baseline_dir else [])
     ctx = {"model": model, "mask_id": mask_id, "blocks": blocks, "teacher_dir": str(teacher_dir) if teacher_dir
            else None, "nfe": nfe or [8, model.config.seq_len], "warmup_steps": warmup_steps,
            "timed_steps": timed_steps, "student_dir": str(student_dir) if student_dir else None,
-           "discriminator_dir": str(discriminator_dir) if discriminator_dir else None, "peak_tflops": peak}
+           "discriminator_dir": str(discriminator_dir) if discriminator_dir else None, "peak_tflops": peak,
+           "baseline_dir": baseline_dir}
     results = {"machine": machine()}
     for name in sections:
         results[name] = SECTIONS[name](cfg, ctx)
@@ -283,6 +295,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--teacher", default=None, help="trained teacher directory (default: a fresh DiT of config size)")
     p.add_argument("--student", default=None, help="distilled student directory for the speedup section")
     p.add_argument("--discriminator", default=None, help="discriminator directory for the RGAS overhead")
+    p.add_argument("--baseline", default=None, help="AR baseline directory (baseline.json) for the baseline section")
     p.add_argument("--out-dir", required=True)
     p.add_argument("--sections", nargs="+", choices=list(SECTIONS), default=None)
     p.add_argument("--nfe", type=int, nargs="+", default=None, help="sampler NFEs to time (default: 8 and L)")
@@ -294,7 +307,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     cfg = config.from_args(args)
     run_bench(cfg, args.tokens, args.tokenizer, args.out_dir, args.teacher, args.sections, args.nfe,
-              args.warmup_steps, args.timed_steps, args.student, args.discriminator, args.peak_tflops)
+              args.warmup_steps, args.timed_steps, args.student, args.discriminator, args.peak_tflops,
+              args.baseline)
     return 0
 
 

@@ -21,6 +21,8 @@ MODULES: dict[str, tuple[str, str]] = {
     "train-teacher": ("didi.train", "pretrain the MDLM teacher (resumable, DDP via torchrun)"),
     "sample": ("didi.sample", "sample a diffusion model (ancestral or RGAS) at a given NFE"),
     "train-judge": ("didi.judge", "train the local GPT-2 judge or prepare a pretrained one"),
+    "train-baseline": ("didi.baseline", "train the autoregressive GPT-2 baseline or point at a pretrained one"),
+    "sample-baseline": ("didi.baseline", "sample the AR baseline (KV cache) in the diffusion samplers' format"),
     "evaluate": ("didi.evaluate", "gen-PPL, entropy and MAUVE of one sample file"),
     "reference": ("didi.evaluate", "the same metrics for held-out real text"),
     "table": ("didi.tables", "collect evaluation files into the tidy results table"),

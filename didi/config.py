@@ -199,6 +199,18 @@ STEPS: dict[str, tuple[tuple[str, ...], dict[str, tuple[str, ...] | str]]] = {
                      "teacher_pool_size", "teacher_pool_nfe"),
          "wandb": ALL},
     ),
+    # the AR baseline: the teacher's budget and recipe (not its cadence nor its DiT-only switches)
+    "train_baseline": (
+        ("seed", "data", "model", "teacher", "baseline"),
+        {"data": ("num_proc",), "teacher": ("log_every", "checkpoint_every", "eval_every", "bf16", "compile",
+                                            "init_from")},
+    ),
+    # one file per temperature (in its name); num_samples is a command-line argument
+    "sample_baseline": (
+        ("seed", "data", "sampling"),
+        {"data": ("num_proc", "wrap"), "sampling": ("nfe", "precisions", "temperatures", "temperature_nfe",
+                                                    "weights")},
+    ),
     "reference": (("seed", "evaluation"), {}),
     "evaluate": (("seed", "evaluation"), {}),
     "table": (("seed",), {}),

@@ -37,14 +37,15 @@ def _resolve(judge_dir: Path, path: str) -> str:
     return str(local) if not Path(path).is_absolute() and local.exists() else path
 
 
-def load_judge(judge_dir: str | Path):
-    """(model in float32 eval mode, tokenizer, info) of the judge described by `judge_dir/judge.json`."""
+def load_judge(judge_dir: str | Path, info_name: str = "judge.json"):
+    """(model in float32 eval mode, tokenizer, info) of the GPT-2 described by `judge_dir/<info_name>` (the judge's
+    judge.json, or the AR baseline's baseline.json: the same pointer format)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     judge_dir = Path(judge_dir)
-    info_path = judge_dir / "judge.json"
+    info_path = judge_dir / info_name
     if not info_path.exists():
-        raise FileNotFoundError(f"no judge.json in {judge_dir} (run `didi train-judge` first)")
+        raise FileNotFoundError(f"no {info_name} in {judge_dir} (run `didi train-judge` / `didi train-baseline`)")
     info = io.read_json(info_path)
     path = _resolve(judge_dir, info["path"])
     tokenizer_path = _resolve(judge_dir, info.get("tokenizer", info["path"]))
@@ -94,9 +95,35 @@ def learning_rate(step: int, peak: float, warmup: int, total: int) -> float:
     return peak * (MIN_LR_FRACTION + (1 - MIN_LR_FRACTION) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
 
 
+# ---------------------------------------------------------------------- shared with the AR baseline (didi.baseline)
+def new_gpt2(vocab: int, special: dict, n_positions: int, n_embd: int, n_layer: int, n_head: int,
+             dropout: float = 0.1, tie_embeddings: bool = True):
+    """A freshly initialised float32 GPT2LMHeadModel (initialised from torch's global generator: seed it first)."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    model_config = GPT2Config(vocab_size=vocab, n_positions=n_positions, n_embd=n_embd, n_layer=n_layer,
+                              n_head=n_head, resid_pdrop=dropout, embd_pdrop=dropout, attn_pdrop=dropout,
+                              bos_token_id=special["bos"], eos_token_id=special["eos"], pad_token_id=special["pad"],
+                              tie_word_embeddings=tie_embeddings)
+    return GPT2LMHeadModel(model_config).float()
+
+
+def lm_step(model, optimizer, x: torch.Tensor, lr: float, grad_clip: float) -> torch.Tensor:
+    """One next-token-prediction step of a causal LM on the blocks `x` at learning rate `lr`; the detached loss."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    loss = model(input_ids=x, labels=x).loss
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if grad_clip:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    optimizer.step()
+    return loss.detach()
+
+
 def train_judge(cfg: dict, corpus_dir: str | Path, tokenizer_dir: str | Path, out_dir: str | Path) -> dict:
     """Train the local GPT-2 judge (judge.pretrained null) and write <out_dir>/model + judge.json."""
-    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+    from transformers import AutoTokenizer
 
     judge_cfg = cfg["judge"]
     out_dir = Path(out_dir)
@@ -113,12 +140,8 @@ def train_judge(cfg: dict, corpus_dir: str | Path, tokenizer_dir: str | Path, ou
         raise ValueError(f"the train split is shorter than one judge block of {judge_cfg['seq_len']} tokens")
 
     io.seed_everything(cfg["seed"])  # weight init and dropout draw from torch's global generator
-    model_config = GPT2Config(
-        vocab_size=len(tokenizer), n_positions=judge_cfg["n_positions"], n_embd=judge_cfg["n_embd"],
-        n_layer=judge_cfg["n_layer"], n_head=judge_cfg["n_head"], bos_token_id=special["bos"],
-        eos_token_id=special["eos"], pad_token_id=special["pad"],
-    )
-    model = GPT2LMHeadModel(model_config).to(device).float()
+    model = new_gpt2(len(tokenizer), special, judge_cfg["n_positions"], judge_cfg["n_embd"], judge_cfg["n_layer"],
+                     judge_cfg["n_head"]).to(device)
     batches = torch.Generator().manual_seed(cfg["seed"] + 1)  # which blocks each step sees
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
@@ -137,15 +160,9 @@ def train_judge(cfg: dict, corpus_dir: str | Path, tokenizer_dir: str | Path, ou
     loss_curve = []  # (step, training loss) every log_every steps: the dynamics figure draws it
     for step in range(judge_cfg["steps"]):
         lr = learning_rate(step, judge_cfg["lr"], judge_cfg["warmup_steps"], judge_cfg["steps"])
-        for group in optimizer.param_groups:
-            group["lr"] = lr
         rows = torch.randint(len(train), (judge_cfg["batch_size"],), generator=batches).numpy()
         x = torch.from_numpy(np.asarray(train[rows]).astype(np.int64)).to(device)
-        loss = model(input_ids=x, labels=x).loss
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
+        loss = lm_step(model, optimizer, x, lr, 1.0)
         progress.update(step + 1, loss=loss.item(), lr=lr)
         if (step + 1) % judge_cfg["log_every"] == 0 or step + 1 == judge_cfg["steps"]:
             loss_curve.append((step + 1, loss.item()))

@@ -46,6 +46,21 @@ def use_cache(diffusion_cfg: dict, model) -> bool:
     return diffusion_cfg["cache"] and not model.config.time_conditioning
 
 
+def run_record(num_samples: int, batch_size: int, seq_len: int, network_calls: int, seconds: float, seed: int,
+               device) -> dict:
+    """The metadata every sample file records about how its samples were drawn (any sampler)."""
+    return {"network_calls": network_calls, "network_calls_per_batch": network_calls / -(-num_samples // batch_size),
+            "seconds": seconds, "tokens_per_s": num_samples * seq_len / seconds, "num_samples": num_samples,
+            "batch_size": batch_size, "seq_len": seq_len, "seed": seed, "device": str(device)}
+
+
+def write_samples(out_stem: Path, ids: np.ndarray, texts: list[str], meta: dict, cfg: dict) -> None:
+    """<out_stem>.npy (token ids [N, L]), .jsonl ({"text": ...} per sample), .json (meta + provenance)."""
+    save_npy(Path(f"{out_stem}.npy"), ids)
+    io.write_text(Path(f"{out_stem}.jsonl"), "".join(json.dumps({"text": t}) + "\n" for t in texts))
+    io.write_metrics(Path(f"{out_stem}.json"), meta, cfg)
+
+
 def sample_to_files(cfg: dict, model_dir: str | Path, tokenizer_dir: str | Path, out_stem: str | Path, nfe: int,
                     precision: str, temperature: float, num_samples: int, sampler: str = "ancestral",
                     discriminator_dir: str | Path | None = None) -> dict:
@@ -111,22 +126,12 @@ def sample_to_files(cfg: dict, model_dir: str | Path, tokenizer_dir: str | Path,
         "precision": precision,
         "temperature": float(temperature),
         "nfe": int(nfe),
-        "network_calls": network_calls,
-        "network_calls_per_batch": network_calls / -(-num_samples // batch_size),
         "disc_forward_calls": disc_forward,
         "disc_backward_calls": disc_backward,
         "cache": cache,
-        "seconds": seconds,
-        "tokens_per_s": num_samples * seq_len / seconds,
-        "num_samples": num_samples,
-        "batch_size": batch_size,
-        "seq_len": seq_len,
-        "seed": seed,
-        "device": str(device),
+        **run_record(num_samples, batch_size, seq_len, network_calls, seconds, seed, device),
     }
-    save_npy(Path(f"{out_stem}.npy"), ids.astype(data.token_dtype(mask_id + 1)))
-    io.write_text(Path(f"{out_stem}.jsonl"), "".join(json.dumps({"text": t}) + "\n" for t in texts))
-    io.write_metrics(Path(f"{out_stem}.json"), meta, cfg)
+    write_samples(out_stem, ids.astype(data.token_dtype(mask_id + 1)), texts, meta, cfg)
     log.info("%d samples in %.2f s (%.4g tokens/s, %d network calls) -> %s.{npy,jsonl,json}", num_samples, seconds,
              meta["tokens_per_s"], network_calls, out_stem)
     return meta

@@ -3,9 +3,9 @@
 `didi table` writes one row per evaluation JSON (`didi evaluate` / `didi reference`), in the order the files are
 given (the workflow lists the teacher first, then the students in `distill.run` order), with exactly these columns:
 
-    model                 "teacher", "student-<variant>" or "reference" (held-out real text)
-    variant               distillation variant ("" for the teacher and the reference)
-    sampler               "ancestral" or "rgas" ("" for the reference)
+    model                 "teacher", "student-<variant>", "gpt2" (the AR baseline) or "reference" (held-out text)
+    variant               distillation variant ("" for the teacher, the AR baseline and the reference)
+    sampler               "ancestral", "rgas" or "ar" (the AR baseline: one token per call) ("" for the reference)
     precision             categorical sampling precision, "float64" or "float32" ("" for the reference)
     nfe                   generator network function evaluations (steps K); empty for the reference
     temperature           softmax temperature of the sampler; empty for the reference
@@ -207,7 +207,8 @@ def plot_metric_vs_nfe(df: pd.DataFrame, metric: str, ylabel: str, log_y: bool):
         yerr = None
         if metric == "gen_ppl" and g["gen_ppl_lo"].notna().all():
             yerr = np.vstack([g["gen_ppl"] - g["gen_ppl_lo"], g["gen_ppl_hi"] - g["gen_ppl"]])
-        ax.errorbar(g["nfe"], g[metric], yerr=yerr, marker="o", capsize=3, label=line_label(model, sampler, precision))
+        ax.errorbar(g["nfe"], g[metric], yerr=yerr, marker="*" if sampler == "ar" else "o",  # AR: one point, NFE L-1
+                    markersize=12 if sampler == "ar" else 6, capsize=3, label=line_label(model, sampler, precision))
     ref = reference_row(df)
     if ref is not None:
         ax.axhline(ref[metric], color="black", linestyle="--", linewidth=1, label="real text (reference)")
@@ -215,7 +216,10 @@ def plot_metric_vs_nfe(df: pd.DataFrame, metric: str, ylabel: str, log_y: bool):
         _empty(ax, "generated")
     else:
         ax.set_xscale("log", base=2)
-        nfes = sorted(rows["nfe"].unique())
+        nfes = list(rows.loc[rows["sampler"] != "ar", "nfe"].unique())
+        # the AR baseline's NFE (L - 1) gets a tick only where it would not print on top of another (L)
+        nfes = sorted(nfes + [k for k in rows.loc[rows["sampler"] == "ar", "nfe"].unique()
+                              if all(abs(k - t) > 0.1 * t for t in nfes)])
         ax.set_xticks(nfes, [str(int(k)) for k in nfes])
     if log_y:
         ax.set_yscale("log")

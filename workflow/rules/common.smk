@@ -11,6 +11,9 @@ from didi.diffusion import PRECISIONS
 R = config["results"]
 ENVS = "../../envs/didi.yaml"
 SAMPLE_STEM = "{sampler}_{precision}_nfe{nfe}_T{temperature}"
+# the AR baseline (baseline.smk): model gpt2, sampler ar, float32 multinomial, NFE = L - 1 generated tokens
+BASELINE_NFE = config["data"]["seq_len"] - 1
+BASELINE_STEM = f"gpt2/ar_float32_nfe{BASELINE_NFE}_T{{temperature}}"
 
 # `didi` and torchrun through the Python that runs Snakemake (no virtual environment to activate), or through the
 # conda env's Python under --sdm conda (envs/didi.yaml installs didi).
@@ -58,9 +61,9 @@ def relevant(step):
 
 
 wildcard_constraints:
-    model=r"teacher|student-[A-Za-z0-9_]+",
+    model=r"teacher|gpt2|student-[A-Za-z0-9_]+",
     variant=r"[A-Za-z0-9_]+",
-    sampler=r"ancestral|rgas",
+    sampler=r"ancestral|rgas|ar",
     precision="|".join(PRECISIONS),
     nfe=r"\d+",
     temperature=r"\d+\.\d+",
@@ -110,9 +113,17 @@ def student_samples():
     return out
 
 
+def baseline_samples():
+    """The AR baseline at T = 1 and over the teacher's temperature sweep (the PPL-vs-entropy frontier)."""
+    temperatures = {
+        fmt_temperature(t) for t in [1.0, *config["sampling"]["temperatures"]]
+    }
+    return [("gpt2", "ar", "float32", BASELINE_NFE, t) for t in sorted(temperatures)]
+
+
 def all_sample_keys():
     teacher = [("teacher", "ancestral", p, k, t) for p, k, t in teacher_sample_stems()]
-    return teacher + student_samples()
+    return teacher + student_samples() + baseline_samples()
 
 
 def eval_files():
@@ -196,6 +207,7 @@ def bench_inputs(wildcards):
         "tokens": f"{R}/tokens/train.npy",
         "tokenizer": f"{R}/tokenizer",
         "teacher": f"{R}/teacher/ema",
+        "baseline": f"{R}/baseline/baseline.json",
     }
     guided = config["distill"]["rgas"]["variants"]
     if guided:

@@ -94,6 +94,7 @@ rule bench:
         rerun_on=relevant("bench"),
         config_json=command_config("bench"),
         tokens=parent_of("tokens", "input"),
+        baseline=parent_of("baseline", "input"),
         out_dir=parent_of(0),
         student=lambda wc, input: (
             f"--student {input.student} --discriminator {input.discriminator}"
@@ -103,7 +104,8 @@ rule bench:
     shell:
         logged(
             "OMP_NUM_THREADS={threads} {DIDI} bench --config-json {params.config_json:q} --tokens {params.tokens}"
-            " --tokenizer {input.tokenizer} --teacher {input.teacher} {params.student} --out-dir {params.out_dir}"
+            " --tokenizer {input.tokenizer} --teacher {input.teacher} {params.student}"
+            " --baseline {params.baseline} --out-dir {params.out_dir}"
         )
 
 
