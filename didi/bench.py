@@ -3,7 +3,8 @@ depend on the machine, so nothing asserts them).
 
     didi bench --tokens results/tokens --tokenizer results/tokenizer [--teacher results/teacher/ema] \
         --out-dir results/bench [--configfile ...]
-    didi bench --synthetic-tokens --out-dir results/bench-synthetic --configfile config.yaml presets/paper.yaml
+    didi bench --synthetic-tokens --out-dir results/bench-synthetic --configfile config.yaml \
+        --configfile presets/paper.yaml
 
 --synthetic-tokens times the config's model size on uniform random ids (synthetic_blocks) instead of a tokenized
 corpus: no dataset, no tokenizer and no judge is read or downloaded (a GPU node that reaches nothing outside itself
@@ -14,7 +15,8 @@ are fed, except the sampler's cache hit rate, which follows what a fresh (untrai
 Sections, each a function returning a dict and written to out-dir/<section>.json; out-dir/bench.json holds them
 all plus the machine description:
  - teacher:  training tokens/s (the real training step: AdamW, clip, EMA, autocast per config) after warm-up
-             steps, and sampler tokens/s at two NFEs (8 and L by default) with their ratio.
+             steps at the per-GPU batch (per_gpu_batch, or --teacher-batch), and sampler tokens/s at two NFEs
+             (8 and L by default) with their ratio.
  - distill:  DiDi-Instruct iterations/s (bench_distill), when the config has a distill section.
  - speedup:  the student sampling at each distill.nfe (8, 16, ...) against the teacher at K = L (tokens/s ratio),
              and RGAS against plain ancestral sampling at the same NFE (wall-clock overhead, discriminator calls).

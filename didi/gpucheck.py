@@ -1,6 +1,6 @@
 """`python -m didi.gpucheck` (what scripts/gpu_check.sh runs): one prepared pass over every GPU code path, for the
-day a GPU is lent. Each part runs a fixed number of steps (never a duration); at paper size on one H100 the whole
-pass should take about 5 minutes (8 at most):
+day a GPU is lent. Each part runs a fixed number of steps (never a duration); at paper size on one H100 we expect
+the whole pass to take about 5 minutes, under 8 (an estimate from FLOP counts: no GPU has run it yet):
 
   teacher_train             the teacher's training step: tokens/s and MFU, bf16 autocast per config (bench_training)
   sampler_nfe{16,L}_{prec}  the ancestral sampler at NFE 16 and NFE = L, float64 and float32 (bench_sampler)
@@ -125,7 +125,8 @@ def tiny_config(seed: int, vocab: int) -> dict:
 
 def torchrun(command: list[str], out_dir: Path, timeout_s: int = 300) -> dict:
     """`didi <command>` under torchrun with one process; its metrics.json (world size, device) or its log tail."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(config.REPO_ROOT), os.environ.get("PYTHONPATH", "")])}
+    paths = [str(config.REPO_ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]  # the same didi as this process
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
     argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1", "-m", "didi.cli",
             *command, "--out-dir", str(out_dir)]
     proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=timeout_s)
