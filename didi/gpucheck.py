@@ -127,7 +127,7 @@ def torchrun(command: list[str], out_dir: Path, timeout_s: int = 300) -> dict:
     """`didi <command>` under torchrun with one process; its metrics.json (world size, device) or its log tail."""
     paths = [str(config.REPO_ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]  # the same didi as this process
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
-    argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1", "-m", "didi.cli",
+    argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1", "-m", "didi",
             *command, "--out-dir", str(out_dir)]
     proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=timeout_s)
     if proc.returncode != 0:

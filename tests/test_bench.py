@@ -34,8 +34,8 @@ tokenizer: {vocab_size: 300}
 data: {seq_len: 32}
 model: {hidden: 32, layers: 1, heads: 2, cond_dim: 16, mlp_ratio: 2, dropout: 0.0}
 teacher: {batch_size: 4}
-sampling: {batch_size: 2}
-distill: {nfe: [4], batch_size: 2, group_size: 2, discriminator_trainable_blocks: 1}
+sampling: {nfe: [8, 32], batch_size: 2}
+distill: {nfe: [4], teacher_pool_nfe: 32, batch_size: 2, group_size: 2, discriminator_trainable_blocks: 1}
 """
 
 
