@@ -3,11 +3,20 @@ depend on the machine, so nothing asserts them).
 
     didi bench --tokens results/tokens --tokenizer results/tokenizer [--teacher results/teacher/ema] \
         --out-dir results/bench [--configfile ...]
+    didi bench --synthetic-tokens --out-dir results/bench-synthetic --configfile config.yaml \
+        --configfile presets/paper.yaml
+
+--synthetic-tokens times the config's model size on uniform random ids (synthetic_blocks) instead of a tokenized
+corpus: no dataset, no tokenizer and no judge is read or downloaded (a GPU node that reaches nothing outside itself
+can time the paper-size DiT). The vocabulary is tokenizer.vocab_size (len(tokenizer); the paper preset states
+GPT-2's 50,257 + [PAD]) plus [MASK]; every output says "tokens": "synthetic". Timings do not depend on which ids
+are fed, except the sampler's cache hit rate, which follows what a fresh (untrained) DiT predicts either way.
 
 Sections, each a function returning a dict and written to out-dir/<section>.json; out-dir/bench.json holds them
 all plus the machine description:
  - teacher:  training tokens/s (the real training step: AdamW, clip, EMA, autocast per config) after warm-up
-             steps, and sampler tokens/s at two NFEs (8 and L by default) with their ratio.
+             steps at the per-GPU batch (per_gpu_batch, or --teacher-batch), and sampler tokens/s at two NFEs
+             (8 and L by default) with their ratio.
  - distill:  DiDi-Instruct iterations/s (bench_distill), when the config has a distill section.
  - speedup:  the student sampling at each distill.nfe (8, 16, ...) against the teacher at K = L (tokens/s ratio),
              and RGAS against plain ancestral sampling at the same NFE (wall-clock overhead, discriminator calls).
@@ -82,6 +91,20 @@ def build_teacher(cfg: dict, vocab: int, teacher_dir: str | Path | None, device:
     return train.new_teacher(cfg, vocab, device)
 
 
+def synthetic_blocks(cfg: dict, rows: int) -> np.ndarray:
+    """[rows, L] token ids drawn uniformly from the tokenizer's ids 0 .. tokenizer.vocab_size - 1 (never [MASK]),
+    seeded by the config seed: stand-in training data for benchmarks."""
+    n_ids = cfg["tokenizer"]["vocab_size"]
+    rng = np.random.default_rng(cfg["seed"])
+    return rng.integers(0, n_ids, size=(rows, cfg["data"]["seq_len"])).astype(data.token_dtype(n_ids + 1))
+
+
+def per_gpu_batch(cfg: dict) -> int:
+    """The teacher rows one device takes per step in the training job (teacher.batch_size over resources.gpu):
+    what a one-process benchmark times (the global batch of a multi-GPU recipe does not fit one GPU)."""
+    return cfg["teacher"]["batch_size"] // max(1, cfg["resources"]["gpu"])
+
+
 def bench_training(cfg: dict, model: torch.nn.Module, blocks: np.ndarray, mask_id: int, warmup_steps: int,
                    timed_steps: int) -> dict:
     """Tokens/s of the teacher's training step (one process, global batch teacher.batch_size) on a copy of `model`."""
@@ -125,15 +148,22 @@ def bench_sampler(cfg: dict, model: torch.nn.Module, mask_id: int, nfe: int, num
 
 
 # ---------------------------------------------------------------------------------------------- sections
-def section_teacher(cfg: dict, ctx: dict) -> dict:
-    model, mask_id = ctx["model"], ctx["mask_id"]
-    training = bench_training(cfg, model, ctx["blocks"], mask_id, ctx["warmup_steps"], ctx["timed_steps"])
+def add_mfu(training: dict, model: torch.nn.Module, peak_override: float | None) -> dict:
+    """bench_training's result plus model FLOPs per token, achieved TFLOP/s and MFU (None on an unknown device)."""
     flops = training_flops_per_token(model)
-    peak = peak_tflops(machine()["device_name"], ctx.get("peak_tflops"))
+    peak = peak_tflops(machine()["device_name"], peak_override)
     training["model_flops_per_token"] = flops
     training["achieved_tflops"] = training["tokens_per_s"] * flops / 1e12
     training["peak_tflops"] = peak
     training["mfu"] = training["achieved_tflops"] / peak if peak else None
+    return training
+
+
+def section_teacher(cfg: dict, ctx: dict) -> dict:
+    model, mask_id = ctx["model"], ctx["mask_id"]
+    training = bench_training(cfg, model, ctx["blocks"], mask_id, ctx["warmup_steps"], ctx["timed_steps"])
+    training = add_mfu(training, model, ctx.get("peak_tflops"))
+    peak = training["peak_tflops"]
     log.info("teacher training: %.4g tokens/s (%.3g steps/s), %.3g TFLOP/s achieved%s", training["tokens_per_s"],
              training["steps_per_s"], training["achieved_tflops"],
              f", MFU {training['mfu']:.1%} of {peak:g}" if peak else " (no peak known for this device: MFU not given)")
@@ -217,6 +247,14 @@ def bench_rgas(cfg: dict, model: torch.nn.Module, discriminator: torch.nn.Module
             "disc_backward_calls": result.disc_backward_calls}
 
 
+def rgas_overhead(cfg: dict, student: torch.nn.Module, discriminator: torch.nn.Module, mask_id: int, nfe: int,
+                  num_samples: int) -> dict:
+    """Plain ancestral sampling and RGAS of `student` at the same NFE; rgas_overhead = their wall-clock ratio."""
+    plain = bench_sampler(cfg, student, mask_id, nfe, num_samples)
+    guided = bench_rgas(cfg, student, discriminator, mask_id, nfe, num_samples)
+    return {"nfe": nfe, "student": plain, "rgas": guided, "rgas_overhead": guided["seconds"] / plain["seconds"]}
+
+
 def section_speedup(cfg: dict, ctx: dict) -> dict:
     from didi.discriminator import Discriminator, load_discriminator
     from didi.model import load_dit
@@ -232,11 +270,9 @@ def section_speedup(cfg: dict, ctx: dict) -> dict:
     teacher_full = bench_sampler(cfg, teacher, mask_id, teacher.config.seq_len, n)
     rows = []
     for nfe in cfg["distill"]["nfe"]:
-        plain = bench_sampler(cfg, student, mask_id, nfe, n)
-        guided = bench_rgas(cfg, student, discriminator, mask_id, nfe, n)
-        rows.append({"nfe": nfe, "student": plain, "rgas": guided,
-                     "speedup_vs_teacher_full": plain["tokens_per_s"] / teacher_full["tokens_per_s"],
-                     "rgas_overhead": guided["seconds"] / plain["seconds"]})
+        row = rgas_overhead(cfg, student, discriminator, mask_id, nfe, n)
+        row["speedup_vs_teacher_full"] = row["student"]["tokens_per_s"] / teacher_full["tokens_per_s"]
+        rows.append(row)
         log.info("student NFE %d: %.3gx the teacher at NFE %d; RGAS costs %.3gx plain sampling", nfe,
                  rows[-1]["speedup_vs_teacher_full"], teacher.config.seq_len, rows[-1]["rgas_overhead"])
     return {"teacher_full_nfe": teacher_full, "student": rows, "student_dir": ctx.get("student_dir"),
@@ -253,24 +289,33 @@ SECTIONS = {"teacher": section_teacher, "distill": section_distill, "speedup": s
             "baseline": section_baseline}
 
 
-def run_bench(cfg: dict, tokens_dir: str | Path, tokenizer_dir: str | Path, out_dir: str | Path,
+def run_bench(cfg: dict, tokens_dir: str | Path | None, tokenizer_dir: str | Path | None, out_dir: str | Path,
               teacher_dir: str | Path | None = None, sections: list[str] | None = None, nfe: list[int] | None = None,
               warmup_steps: int = 3, timed_steps: int = 10, student_dir: str | Path | None = None,
               discriminator_dir: str | Path | None = None, peak: float | None = None,
               baseline_dir: str | Path | None = None) -> dict:
     """Run the chosen sections (default: teacher, plus distill and speedup when the config has a distill section);
-    write the JSON files."""
-    out_dir = Path(out_dir)
-    device = io.default_device()
+    write the JSON files. tokens_dir and tokenizer_dir None: synthetic tokens (synthetic_blocks)."""
     from didi.model import mask_id_of
 
-    tokenizer = data.load_pretrained_tokenizer(str(tokenizer_dir))
-    model = build_teacher(cfg, len(tokenizer) + 1, teacher_dir, device)
-    mask_id = mask_id_of(model, tokenizer, teacher_dir, tokenizer_dir)
-    blocks = data.load_blocks(Path(tokens_dir) / "train.npy")
+    out_dir = Path(out_dir)
+    device = io.default_device()
+    if tokens_dir is None:
+        mask_id = cfg["tokenizer"]["vocab_size"]  # [MASK] = len(tokenizer)
+        model = build_teacher(cfg, mask_id + 1, teacher_dir, device)
+        if model.config.vocab_size != mask_id + 1:
+            raise ValueError(f"{teacher_dir}: model vocab {model.config.vocab_size} != tokenizer.vocab_size + 1 = "
+                             f"{mask_id + 1}")
+        rows = max(cfg["teacher"]["batch_size"], cfg["distill"]["batch_size"] if "distill" in cfg else 1)
+        blocks = synthetic_blocks(cfg, rows)
+    else:
+        tokenizer = data.load_pretrained_tokenizer(str(tokenizer_dir))
+        model = build_teacher(cfg, len(tokenizer) + 1, teacher_dir, device)
+        mask_id = mask_id_of(model, tokenizer, teacher_dir, tokenizer_dir)
+        blocks = data.load_blocks(Path(tokens_dir) / "train.npy")
     if blocks.shape[1] != model.config.seq_len:
-        raise ValueError(f"{tokens_dir}/train.npy has blocks of {blocks.shape[1]} tokens, the model "
-                         f"{model.config.seq_len}")
+        source = Path(tokens_dir) / "train.npy" if tokens_dir else "synthetic tokens"
+        raise ValueError(f"{source} has blocks of {blocks.shape[1]} tokens, the model {model.config.seq_len}")
     sections = sections or ["teacher"] + (["distill", "speedup"] if "distill" in cfg else []) + (
         ["baseline"] if baseline_dir else [])
     ctx = {"model": model, "mask_id": mask_id, "blocks": blocks, "teacher_dir": str(teacher_dir) if teacher_dir
@@ -278,20 +323,23 @@ def run_bench(cfg: dict, tokens_dir: str | Path, tokenizer_dir: str | Path, out_
            "timed_steps": timed_steps, "student_dir": str(student_dir) if student_dir else None,
            "discriminator_dir": str(discriminator_dir) if discriminator_dir else None, "peak_tflops": peak,
            "baseline_dir": baseline_dir}
-    results = {"machine": machine()}
+    results = {"machine": machine(), "tokens": "synthetic" if tokens_dir is None else str(tokens_dir)}
     for name in sections:
         results[name] = SECTIONS[name](cfg, ctx)
-        io.write_metrics(out_dir / f"{name}.json", {"machine": results["machine"], **results[name]}, cfg)
+        io.write_metrics(out_dir / f"{name}.json", {"machine": results["machine"], "tokens": results["tokens"],
+                                                    **results[name]}, cfg)
     io.write_metrics(out_dir / "bench.json", results, cfg)
-    log.info("benchmarks on %s -> %s", results["machine"]["device_name"], out_dir)
+    log.info("benchmarks on %s (%s tokens) -> %s", results["machine"]["device_name"], results["tokens"], out_dir)
     return results
 
 
 # ---------------------------------------------------------------------------------------------- CLI
 def add_arguments(p: argparse.ArgumentParser) -> None:
     config.add_arguments(p)
-    p.add_argument("--tokens", required=True, help="directory with train.npy")
-    p.add_argument("--tokenizer", required=True, help="tokenizer directory")
+    p.add_argument("--tokens", default=None, help="directory with train.npy (required without --synthetic-tokens)")
+    p.add_argument("--tokenizer", default=None, help="tokenizer directory (required without --synthetic-tokens)")
+    p.add_argument("--synthetic-tokens", action="store_true",
+                   help="uniform random ids of tokenizer.vocab_size and data.seq_len: no dataset, no tokenizer")
     p.add_argument("--teacher", default=None, help="trained teacher directory (default: a fresh DiT of config size)")
     p.add_argument("--student", default=None, help="distilled student directory for the speedup section")
     p.add_argument("--discriminator", default=None, help="discriminator directory for the RGAS overhead")
@@ -300,12 +348,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sections", nargs="+", choices=list(SECTIONS), default=None)
     p.add_argument("--nfe", type=int, nargs="+", default=None, help="sampler NFEs to time (default: 8 and L)")
     p.add_argument("--peak-tflops", type=float, default=None, help="device peak for MFU (default: known GPUs)")
+    p.add_argument("--teacher-batch", type=int, default=None,
+                   help="rows per timed training step (default: per_gpu_batch, what one GPU of the training job "
+                        "takes)")
     p.add_argument("--warmup-steps", type=int, default=3)
     p.add_argument("--timed-steps", type=int, default=10)
 
 
 def run(args: argparse.Namespace) -> int:
     cfg = config.from_args(args)
+    if args.synthetic_tokens == bool(args.tokens or args.tokenizer):
+        raise SystemExit("didi bench: give --tokens and --tokenizer, or --synthetic-tokens (not both)")
+    if not args.synthetic_tokens and not (args.tokens and args.tokenizer):
+        raise SystemExit("didi bench: --tokens and --tokenizer go together")
+    cfg = {**cfg, "teacher": {**cfg["teacher"], "batch_size": args.teacher_batch or per_gpu_batch(cfg)}}
     run_bench(cfg, args.tokens, args.tokenizer, args.out_dir, args.teacher, args.sections, args.nfe,
               args.warmup_steps, args.timed_steps, args.student, args.discriminator, args.peak_tflops,
               args.baseline)

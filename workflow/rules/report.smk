@@ -146,3 +146,31 @@ rule dynamics:
             "{DIDI} dynamics --config-json {params.config_json:q} --distill {input.distill}"
             " --teacher {input.teacher} --judge {input.judge} --out-dir {params.out_dir}"
         )
+
+
+rule bench_synthetic:
+    """`snakemake bench_synthetic`: `bench` at the config's model size on synthetic tokens (uniform ids of
+    tokenizer.vocab_size) with a fresh DiT: needs no dataset, tokenizer, judge or trained model, so a GPU node with
+    no network can time the paper-size DiT. Not part of `all`."""
+    output:
+        f"{R}/bench-synthetic/bench.json",
+    log:
+        f"{R}/logs/bench_synthetic.log",
+    benchmark:
+        f"{R}/benchmarks/bench_synthetic.tsv"
+    conda:
+        ENVS
+    threads: config["resources"]["threads"]
+    resources:
+        mem_mb=config["resources"]["mem_mb"],
+        runtime=runtime("train"),
+        gpu=config["resources"]["gpu"],
+    params:
+        rerun_on=relevant("bench"),
+        config_json=command_config("bench"),
+        out_dir=parent_of(0),
+    shell:
+        logged(
+            "OMP_NUM_THREADS={threads} {DIDI} bench --config-json {params.config_json:q} --synthetic-tokens"
+            " --out-dir {params.out_dir}"
+        )
