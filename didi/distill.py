@@ -135,16 +135,17 @@ def distill_step(state: DistillState, positives: torch.Tensor, generator) -> dic
                                                       distill_cfg["tau_clip"], generator)
     # 5-6. discriminator step(s); the reward from the just-updated discriminator (or from the one before it)
     def reward_now():
-        return objective.rewards(D, z_fake, tau, sched, mask_id, distill_cfg["reward_clip"])
+        return objective.rewards(D, z_fake, tau, sched, mask_id, distill_cfg["reward_clip"], method)
 
     reward = reward_now() if method["reward_before_update"] else None
     D.train()
     for _ in range(distill_cfg["discriminator_steps"]):
         d_loss, correct = objective.discriminator_loss(D, z_real, tau_real, z_fake, tau, sched, mask_id,
-                                                       distill_cfg["label_smoothing"], count)
+                                                       distill_cfg["label_smoothing"], count, method)
         optimiser_step(state.opt_disc, d_loss, [p for p in D.parameters() if p.requires_grad],
                        distill_cfg["discriminator_grad_clip"])
-    n_masked = distributed.all_reduce_sum((z_real == mask_id).sum() + (z_fake == mask_id).sum())
+    n_masked = distributed.all_reduce_sum(objective.judged_positions(z_real, mask_id, method).sum()
+                                          + objective.judged_positions(z_fake, mask_id, method).sum())
     d_acc = dist.world_size * correct.double() / n_masked.clamp(min=1)
     reward = reward_now() if reward is None else reward
     # 7. grouped advantage (shuffle_advantages: the no-information control)

@@ -145,9 +145,19 @@ def smoothed_bce(logits_real, mask_real, logits_fake, mask_fake, smoothing: floa
     return 0.5 * (real + fake)
 
 
-def discriminator_loss(D, z_real, tau_real, z_fake, tau, schedule, mask_id: int, smoothing: float, count: Callable):
-    """(smoothed BCE on the masked positions of both sides, the number of those positions D classifies right)."""
-    mask_real, mask_fake = z_real == mask_id, z_fake == mask_id
+def judged_positions(z: torch.Tensor, mask_id: int, method: dict) -> torch.Tensor:
+    """Where the discriminator's per-token logits are trained and read as reward: the masked positions (paper and
+    code), or every position (method["discriminator_positions"] == "all": the visible tokens are where a few-step
+    sample's inconsistencies show, and a logit trained there ranks the samples of a group)."""
+    if method["discriminator_positions"] == "all":
+        return torch.ones_like(z, dtype=torch.bool)
+    return z == mask_id
+
+
+def discriminator_loss(D, z_real, tau_real, z_fake, tau, schedule, mask_id: int, smoothing: float,
+                       count: Callable, method: dict):
+    """(smoothed BCE on the judged positions of both sides, the number of those positions D classifies right)."""
+    mask_real, mask_fake = judged_positions(z_real, mask_id, method), judged_positions(z_fake, mask_id, method)
     logits_real = D(z_real, schedule.sigma(tau_real))
     logits_fake = D(z_fake, schedule.sigma(tau))
     loss = smoothed_bce(logits_real, mask_real.float(), logits_fake, mask_fake.float(), smoothing,
@@ -165,14 +175,14 @@ def masked_row_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def rewards(D, z_fake, tau, schedule, mask_id: int, clip: float) -> torch.Tensor:
-    """Per row: the discriminator's clipped log-odds averaged over the row's masked positions (D in eval mode: no
+def rewards(D, z_fake, tau, schedule, mask_id: int, clip: float, method: dict) -> torch.Tensor:
+    """Per row: the discriminator's clipped log-odds averaged over the row's judged positions (D in eval mode: no
     dropout, spectral norm uses its stored vectors)."""
     was_training = D.training
     D.eval()
     token_reward = D(z_fake, schedule.sigma(tau)).clamp(-clip, clip)
     D.train(was_training)
-    return masked_row_mean(token_reward, z_fake == mask_id)
+    return masked_row_mean(token_reward, judged_positions(z_fake, mask_id, method))
 
 
 def grouped_advantages(rewards: torch.Tensor, group_size: int, clip: float) -> torch.Tensor:

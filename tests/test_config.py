@@ -118,9 +118,11 @@ def test_precision_names_come_from_one_place(repo):
     from didi.diffusion import PRECISIONS
 
     schema = yaml.safe_load((repo / "workflow" / "schemas" / "config.schema.yaml").read_text())
-    props = schema["properties"]
-    assert props["diffusion"]["properties"]["sampling_precision"]["enum"] == list(PRECISIONS)
-    assert props["sampling"]["properties"]["precisions"]["items"]["enum"] == list(PRECISIONS)
+    props, shared = schema["properties"], {"$ref": "#/definitions/precision"}
+    assert schema["definitions"]["precision"]["enum"] == list(PRECISIONS)
+    assert props["diffusion"]["properties"]["sampling_precision"] == shared
+    assert props["sampling"]["properties"]["precisions"]["items"] == shared
+    assert props["distill"]["properties"]["rollout_precision"] == shared
     common = (repo / "workflow" / "rules" / "common.smk").read_text()
     assert 'precision="|".join(PRECISIONS)' in common and "float64|float32" not in common
 
@@ -138,7 +140,7 @@ def test_outputs_relevant_ignores_cadence_and_other_files_keys():
                           ("wandb", {"mode": "offline"}), ("diffusion", {"sampling_precision": "float32"}),
                           ("sampling", {"nfe": [8]}), ("distill", {"rgas": {}})],
         "distill": [("distill", {"log_every": 3, "checkpoint_every": 7, "nfe": [4], "rgas": {}}),
-                    ("sampling", {"nfe": [8]})],
+                    ("sampling", {"nfe": [8]}), ("diffusion", {"sampling_precision": "float32"})],
         "sample": [("sampling", {"nfe": [8, 9], "temperatures": [0.5]}), ("teacher", {"lr": 1.0})],
         "teacher_pool": [("sampling", {"nfe": [8, 9], "num_samples": 3}), ("distill", {"nfe": [2]})],
         "train_judge": [("judge", {"log_every": 1})],
@@ -149,7 +151,8 @@ def test_outputs_relevant_ignores_cadence_and_other_files_keys():
                 cfg, step), (step, section, changes)
     changed = {  # step -> edits that must change its params
         "train_teacher": [("teacher", {"lr": 1.0}), ("diffusion", {"eps": 0.01}), ("teacher", {"steps": 2})],
-        "distill": [("distill", {"iterations": 5}), ("diffusion", {"sampling_precision": "float32"})],
+        "distill": [("distill", {"iterations": 5}), ("distill", {"rollout_precision": "float32"}),
+                    ("diffusion", {"eps": 0.01})],
         "sample": [("sampling", {"batch_size": 3}), ("diffusion", {"sampling_t_end": 0.1})],
         "train_judge": [("judge", {"lr": 1.0})],
     }

@@ -569,3 +569,19 @@ def test_reward_comes_from_the_discriminator_before_or_after_its_update(before):
     assert len(steps) == 2 and len(seen) == 1
     same_as_start = all(torch.equal(a, b) for a, b in zip(seen[0], start))
     assert same_as_start is before
+
+
+def test_discriminator_positions_all_trains_and_reads_every_position():
+    z = torch.tensor([[11, 3, 11, 5]])
+    assert objective.judged_positions(z, 11, {"discriminator_positions": "masked"}).tolist() == [[True, False,
+                                                                                                   True, False]]
+    assert objective.judged_positions(z, 11, {"discriminator_positions": "all"}).all()
+
+    class Fixed(nn.Module):  # logits 0, 1, 2, 3 at positions 0..3
+        def forward(self, z, sigma):
+            return torch.arange(z.shape[1], dtype=torch.float32).expand(z.shape[0], -1)
+
+    tau, sched = torch.tensor([0.5]), SCHED
+    masked = objective.rewards(Fixed(), z, tau, sched, 11, 8.0, {"discriminator_positions": "masked"})
+    every = objective.rewards(Fixed(), z, tau, sched, 11, 8.0, {"discriminator_positions": "all"})
+    assert masked.item() == pytest.approx(1.0) and every.item() == pytest.approx(1.5)
