@@ -70,6 +70,8 @@ class DistillState:
     dist: distributed.DistInfo = dataclasses.field(default_factory=distributed.DistInfo)
     iteration: int = 0
     history: dict = dataclasses.field(default_factory=dict)
+    # exact-likelihood world only (didi study): x [rows, L] -> true log-likelihood per token of each sample
+    exact_reward: Callable | None = None
 
 
 def build_state(teacher: nn.Module, distill_cfg: dict, method: dict, schedule: LogLinearSchedule, mask_id: int,
@@ -148,6 +150,11 @@ def distill_step(state: DistillState, positives: torch.Tensor, generator) -> dic
                                           + objective.judged_positions(z_fake, mask_id, method).sum())
     d_acc = dist.world_size * correct.double() / n_masked.clamp(min=1)
     reward = reward_now() if reward is None else reward
+    exact = state.exact_reward(roll["x"]) if state.exact_reward is not None else None
+    if method["reward_source"] == "exact":  # the study's oracle: the true likelihood in place of the estimate
+        if exact is None:
+            raise ValueError("distill.method.reward_source 'exact' needs an exact-likelihood world (didi study)")
+        reward = exact
     # 7. grouped advantage (shuffle_advantages: the no-information control)
     advantage = objective.grouped_advantages(reward, G, distill_cfg["advantage_clip"])
     if method["shuffle_advantages"]:
@@ -168,6 +175,9 @@ def distill_step(state: DistillState, positives: torch.Tensor, generator) -> dic
         "reward": reward.mean().item(), "d_loss": d_loss.item(), "d_acc": d_acc.item(),
         "grad_norm": float(grad_norm), "logp": roll["logp"].mean().item(),
         "fake_mask_left": (roll["x"] == mask_id).float().mean().item(),
+        # how well the reward ranks a group's samples by their true likelihood (exact world only)
+        **({"reward_exact_corr": objective.within_group_correlation(reward, exact, G).item()}
+           if exact is not None else {}),
     }
 
 
@@ -188,9 +198,9 @@ def resume_identity(distill_cfg: dict, method: dict, seed: int, teacher: nn.Modu
 def run_distillation(teacher: nn.Module, positives, distill_cfg: dict, method: dict, schedule: LogLinearSchedule,
                      mask_id: int, seed: int, device="cpu", discriminator: nn.Module | None = None,
                      checkpoint_dir: str | Path | None = None, dist: distributed.DistInfo | None = None,
-                     progress: bool = True, wandb_run=None) -> DistillState:
+                     progress: bool = True, wandb_run=None, exact_reward: Callable | None = None) -> DistillState:
     """Distil for distill_cfg["iterations"] iterations (resuming from checkpoint_dir when it holds a checkpoint of
-    the same identity; history["resumed_from_iteration"] says where, or None).
+    the same identity; history["resumed_from_iteration"] says where, or None). exact_reward: see DistillState.
 
     positives [N, L] (tensor or array): the discriminator's positive pool (real data, or teacher samples); each
     iteration draws distill_cfg["batch_size"] rows of it, shared across ranks, and this rank takes its slice.
@@ -200,6 +210,7 @@ def run_distillation(teacher: nn.Module, positives, distill_cfg: dict, method: d
     positives = positives.numpy() if isinstance(positives, torch.Tensor) else positives
     state = build_state(teacher, distill_cfg, method, schedule, mask_id, positives.shape[1], discriminator, dist,
                         seed)
+    state.exact_reward = exact_reward
     identity = resume_identity(distill_cfg, method, seed, teacher, positives)
     modules = {"student": state.student, "student_ema": state.student_ema, "discriminator": state.discriminator}
     resumed = None

@@ -185,6 +185,14 @@ def rewards(D, z_fake, tau, schedule, mask_id: int, clip: float, method: dict) -
     return masked_row_mean(token_reward, judged_positions(z_fake, mask_id, method))
 
 
+def within_group_correlation(a: torch.Tensor, b: torch.Tensor, group_size: int) -> torch.Tensor:
+    """Correlation of a and b [rows] after removing each group's mean: how well a ranks the samples of a group as b
+    does (what a grouped advantage uses of a reward)."""
+    a = a.view(-1, group_size) - a.view(-1, group_size).mean(dim=1, keepdim=True)
+    b = b.view(-1, group_size) - b.view(-1, group_size).mean(dim=1, keepdim=True)
+    return (a * b).sum() / (a.norm() * b.norm()).clamp(min=1e-12)
+
+
 def grouped_advantages(rewards: torch.Tensor, group_size: int, clip: float) -> torch.Tensor:
     """(R - mean_group) / (std_group + 1e-8), clipped to [-clip, clip]; groups are G consecutive rows.
 

@@ -90,8 +90,12 @@ def run_one(cfg: dict, results: Path, name: str, overrides: dict, seed: int, ks:
     distill_cfg, method = row_config(cfg, overrides)
     positives = np.load(results / "tokens" / "train.npy", mmap_mode="r")
     start = time.perf_counter()
+    def exact_reward(x: torch.Tensor) -> torch.Tensor:  # true log-likelihood per chain token of each sample
+        scored = synthetic.score_blocks(world, x.cpu().numpy(), floor)
+        return torch.as_tensor(-scored["nll"] / scored["tokens"], dtype=torch.float32, device=x.device)
+
     state = run_distillation(teacher, positives, distill_cfg, method, LogLinearSchedule(cfg["diffusion"]["eps"]),
-                             mask_id, seed, progress=False)
+                             mask_id, seed, progress=False, exact_reward=exact_reward)
     seconds = time.perf_counter() - start
     scores = {m: score_model(model, cfg, ks, n, world, floor, mask_id)
               for m, model in (("ema", state.student_ema), ("raw", state.student))}

@@ -585,3 +585,32 @@ def test_discriminator_positions_all_trains_and_reads_every_position():
     masked = objective.rewards(Fixed(), z, tau, sched, 11, 8.0, {"discriminator_positions": "masked"})
     every = objective.rewards(Fixed(), z, tau, sched, 11, 8.0, {"discriminator_positions": "all"})
     assert masked.item() == pytest.approx(1.0) and every.item() == pytest.approx(1.5)
+
+
+def test_exact_reward_replaces_the_discriminator_and_its_correlation_is_logged():
+    """reward_source exact (the study's oracle) uses the given true log-likelihood; the within-group correlation of
+    the reward with it is logged either way; without an exact world the switch is an error."""
+    tokens = np.random.default_rng(0).integers(0, 11, size=(32, 8))
+    cfg = tiny_cfg(iterations=2)
+
+    def exact(x):  # a "true likelihood" that prefers small ids
+        return -x.float().mean(dim=1)
+
+    for source in ("discriminator", "exact"):
+        method = {**config.variant_method(cfg, "full"), "reward_source": source}
+        state = run_distillation(tiny_teacher(), tokens, cfg["distill"], method, SCHED, 11, seed=3, progress=False,
+                                 exact_reward=exact)
+        corr = state.history["reward_exact_corr"]
+        assert len(corr) == 2 and all(-1 <= c <= 1 for c in corr)
+        if source == "exact":
+            assert corr == pytest.approx([1.0, 1.0])
+    with pytest.raises(ValueError, match="exact-likelihood world"):
+        run_distillation(tiny_teacher(), tokens, cfg["distill"], {**method, "reward_source": "exact"}, SCHED, 11,
+                         seed=3, progress=False)
+
+
+def test_within_group_correlation_by_hand():
+    a = torch.tensor([1.0, 2.0, 3.0, 10.0, 10.0, 11.0])
+    b = torch.tensor([0.0, 1.0, 2.0, 5.0, 5.0, 6.0])
+    assert objective.within_group_correlation(a, b, 3).item() == pytest.approx(1.0)
+    assert objective.within_group_correlation(a, -b, 3).item() == pytest.approx(-1.0)
