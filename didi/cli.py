@@ -29,7 +29,7 @@ MODULES: dict[str, tuple[str, str]] = {
     "figures": ("didi.tables", "draw the figures and markdown tables from the results table"),
     "dynamics": ("didi.tables", "draw the training-dynamics figure (distillation, teacher and judge curves)"),
     "check-inputs": ("didi.config", "check that teacher, token blocks and tokenizer agree on L and vocabulary"),
-    "distill": ("didi.distill", "DiDi-Instruct distillation of the teacher into a few-step student"),
+    "distill": ("didi.distill_cli", "DiDi-Instruct distillation of the teacher into a few-step student"),
     "convert": ("didi.convert", "convert a released MDLM/DUO checkpoint into a didi model directory"),
     "study": ("didi.study", "the distillation study on the exact world (rows of distill overrides x seeds)"),
     "bench": ("didi.bench", "benchmarks: training and sampling throughput, written to results/bench"),

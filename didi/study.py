@@ -127,7 +127,8 @@ def gap_table(frame: pd.DataFrame, ks: list[int], seq_len: int) -> pd.DataFrame:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     config.add_arguments(p)
     p.add_argument("--results", required=True, help="results directory of the synthetic preset (teacher, tokens)")
-    p.add_argument("--rows", required=True, help="YAML: {ks: [...], samples: N, rows: {name: {seeds, overrides}}}")
+    p.add_argument("--rows", required=True,
+                   help="YAML: {ks: [...], samples: N, base: {overrides}, rows: {name: {seeds, overrides}}}")
     p.add_argument("--out", required=True)
     p.add_argument("--only", nargs="*", default=None, help="run only these rows (others are kept from results.csv)")
     p.add_argument("--jobs", type=int, default=1, help="rows run in parallel, one thread each")
@@ -141,7 +142,8 @@ def run(args: argparse.Namespace) -> int:
     spec = yaml.safe_load(Path(args.rows).read_text())
     seq_len = cfg["data"]["seq_len"]
     ks = sorted(set(spec["ks"]) | {seq_len})
-    jobs = [("teacher", {}, cfg["seed"])] + [(name, row.get("overrides", {}), seed)
+    base = spec.get("base", {})  # overrides every row starts from (a row's own go on top)
+    jobs = [("teacher", {}, cfg["seed"])] + [(name, config.deep_merge(base, row.get("overrides") or {}), seed)
                                              for name, row in spec["rows"].items() for seed in row["seeds"]]
     if args.only:
         jobs = [j for j in jobs if j[0] in args.only]
