@@ -120,12 +120,17 @@ def rollout(student, rows: int, seq_len: int, tau: torch.Tensor, schedule, mask_
 
 
 # ---------------------------------------------------------------------------------------------- discriminator
+def corrupt_rows(x, tau, schedule, mask_id: int, generator):
+    """x [rows, L] corrupted at alpha(tau) per row, each group's masks from its own generator."""
+    alpha = schedule.alpha(tau)
+    return draw_rows(generator, x.shape[0], lambda g, r: corrupt(x[r], alpha[r], mask_id, g))
+
+
 def corrupt_both(x_fake, real, tau, schedule, mask_id: int, method: dict, clip, generator):
     """Student samples corrupted at alpha(tau); positives at the same time (coupled_time) or their own tau.
     Returns (z_fake, z_real, tau_real)."""
     n = x_fake.shape[0]
-    alpha_fake = schedule.alpha(tau)
-    z_fake = draw_rows(generator, n, lambda g, r: corrupt(x_fake[r], alpha_fake[r], mask_id, g))
+    z_fake = corrupt_rows(x_fake, tau, schedule, mask_id, generator)
     tau_real = tau if method["coupled_time"] else draw_tau(n, method, clip, generator, x_fake.device)[0]
     alpha_real = schedule.alpha(tau_real)
     z_real = draw_rows(generator, n, lambda g, r: corrupt(real[r], alpha_real[r], mask_id, g))
@@ -175,14 +180,18 @@ def masked_row_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def rewards(D, z_fake, tau, schedule, mask_id: int, clip: float, method: dict) -> torch.Tensor:
-    """Per row: the discriminator's clipped log-odds averaged over the row's judged positions (D in eval mode: no
-    dropout, spectral norm uses its stored vectors)."""
+def rewards(D, z_fakes: list, tau, schedule, mask_id: int, clip: float, method: dict) -> torch.Tensor:
+    """Per row: the discriminator's clipped log-odds averaged over the row's judged positions, then over the given
+    corruptions of the same student samples (several: the part of the reward that depends on WHICH positions were
+    masked averages out). D in eval mode: no dropout, spectral norm uses its stored vectors."""
     was_training = D.training
     D.eval()
-    token_reward = D(z_fake, schedule.sigma(tau)).clamp(-clip, clip)
+    total = 0.0
+    for z in z_fakes:
+        token_reward = D(z, schedule.sigma(tau)).clamp(-clip, clip)
+        total = total + masked_row_mean(token_reward, judged_positions(z, mask_id, method))
     D.train(was_training)
-    return masked_row_mean(token_reward, judged_positions(z_fake, mask_id, method))
+    return total / len(z_fakes)
 
 
 def within_group_correlation(a: torch.Tensor, b: torch.Tensor, group_size: int) -> torch.Tensor:

@@ -582,9 +582,13 @@ def test_discriminator_positions_all_trains_and_reads_every_position():
             return torch.arange(z.shape[1], dtype=torch.float32).expand(z.shape[0], -1)
 
     tau, sched = torch.tensor([0.5]), SCHED
-    masked = objective.rewards(Fixed(), z, tau, sched, 11, 8.0, {"discriminator_positions": "masked"})
-    every = objective.rewards(Fixed(), z, tau, sched, 11, 8.0, {"discriminator_positions": "all"})
+    masked = objective.rewards(Fixed(), [z], tau, sched, 11, 8.0, {"discriminator_positions": "masked"})
+    every = objective.rewards(Fixed(), [z], tau, sched, 11, 8.0, {"discriminator_positions": "all"})
     assert masked.item() == pytest.approx(1.0) and every.item() == pytest.approx(1.5)
+    # several corruptions: the mean of each one's masked mean (here 1.0 and 2.0)
+    other = torch.tensor([[3, 11, 5, 11]])
+    both = objective.rewards(Fixed(), [z, other], tau, sched, 11, 8.0, {"discriminator_positions": "masked"})
+    assert both.item() == pytest.approx(1.5)
 
 
 def test_exact_reward_replaces_the_discriminator_and_its_correlation_is_logged():
