@@ -32,6 +32,7 @@ import yaml
 from didi import config, evaluate, io, synthetic
 from didi.diffusion import LogLinearSchedule, sample
 from didi.distill import run_distillation
+from didi.distill_cli import load_positives
 from didi.model import load_dit, mask_id_of
 
 log = logging.getLogger("didi.study")
@@ -88,7 +89,8 @@ def run_one(cfg: dict, results: Path, name: str, overrides: dict, seed: int, ks:
         return {"name": name, "seed": seed, "scores": {"teacher": score_model(teacher, cfg, ks, n, world, floor,
                                                                               mask_id)}, "history": {}}
     distill_cfg, method = row_config(cfg, overrides)
-    positives = np.load(results / "tokens" / "train.npy", mmap_mode="r")
+    positives = load_positives(results / "tokens" / "train.npy", results / "samples" / "teacher" / "pool.npy",
+                               method["positives"])
     start = time.perf_counter()
     def exact_reward(x: torch.Tensor) -> torch.Tensor:  # true log-likelihood per chain token of each sample
         scored = synthetic.score_blocks(world, x.cpu().numpy(), floor)

@@ -35,7 +35,7 @@ def logged(command):
     shown = command.replace("{params.config_json:q}", "CONFIG")
     header = f"\"=== $(date -u +%Y-%m-%dT%H:%M:%SZ)\" '{shown}'"
     keep = "tee -a {log}.history >> {log}"
-    return f"echo {header} | {keep}; ({command}) 2>&1 | {keep}"
+    return f"echo {header} | {keep}; ( {command} ) 2>&1 | {keep}"  # "( (" not "((": bash arithmetic
 
 
 class Untracked:
