@@ -1,6 +1,6 @@
 """`didi study`: the distillation study on the exact world (docs/distillation-study.md).
 
-    didi study --configfile config.yaml presets/synthetic.yaml --results results/synthetic \
+    didi study --configfile config.yaml --configfile presets/synthetic.yaml --results results/synthetic \
         --rows docs/study/rows.yaml --out docs/study --jobs 2
 
 A row is a set of overrides of the `distill` section (its `method` switches included) and a list of seeds. For
@@ -81,8 +81,12 @@ def row_config(cfg: dict, overrides: dict) -> tuple[dict, dict]:
 
 def run_one(cfg: dict, results: Path, name: str, overrides: dict, seed: int, ks: list[int], n: int) -> dict:
     torch.set_num_threads(1)
+    from transformers import AutoTokenizer
+
     teacher, _ = load_dit(results / "teacher" / "ema")
-    mask_id = mask_id_of(results / "tokenizer")
+    tokenizer_dir = results / "tokenizer"
+    mask_id = mask_id_of(teacher, AutoTokenizer.from_pretrained(str(tokenizer_dir)), results / "teacher" / "ema",
+                         tokenizer_dir)
     world = synthetic.MarkovWorld(synthetic.spec_from_corpus(cfg["corpus"]))
     floor = synthetic.invalid_log_prob(world.spec)
     if name == "teacher":
