@@ -178,7 +178,29 @@ def run(args: argparse.Namespace) -> int:
     table = gap_table(lines.sort_values(["order", "seed"]), ks, seq_len)
     io.write_text(out / "table.md", table.to_markdown(index=False, floatfmt=".3f") + "\n")
     io.write_provenance_beside(csv, cfg)
+    draw_study_dynamics(histories, spec.get("dynamics_rows", []), Path(args.results) / "teacher" / "metrics.json",
+                        out)
     return 0
+
+
+def draw_study_dynamics(histories: dict, rows: list[str], teacher_metrics: Path, out: Path) -> None:
+    """dynamics.{png,pdf}: the curves of the named rows (first seed each) beside the teacher's loss curve."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from didi.tables import plot_dynamics, save_figure
+
+    chosen = {}
+    for name in rows:
+        runs = sorted(k for k in histories if k.split("/")[0] == name)
+        if runs:
+            chosen[name] = histories[runs[0]]
+    teacher = io.read_json(teacher_metrics) if teacher_metrics.exists() else None
+    fig = plot_dynamics(chosen, teacher, None)
+    save_figure(fig, out, "dynamics")
+    plt.close(fig)
 
 
 COMMANDS = {"study": (add_arguments, run)}

@@ -186,7 +186,7 @@ def fmt_cell(ppl: float, entropy: float) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- figures
-def _save(fig, out_dir: Path, name: str) -> None:
+def save_figure(fig, out_dir: Path, name: str) -> None:
     for ext in ("png", "pdf"):
         with io.atomic_path(out_dir / f"{name}.{ext}") as tmp:
             fig.savefig(tmp, format=ext, dpi=150, bbox_inches="tight")
@@ -394,7 +394,7 @@ def draw_all(df: pd.DataFrame, out_dir: str | Path, tables_dir: str | Path, cfg:
         "ablation": plot_ablation(df),
     }
     for name, fig in figures.items():
-        _save(fig, out_dir, name)
+        save_figure(fig, out_dir, name)
         plt.close(fig)
     io.write_text(tables_dir / "main_table.md", main_table_md(df))
     io.write_text(tables_dir / "ablation_table.md", ablation_table_md(df))
@@ -408,6 +408,7 @@ DYNAMICS = [  # (history key of distill metrics.json, panel title)
     ("reward", "reward (discriminator log-odds)"), ("d_acc", "discriminator accuracy"),
     ("d_loss", "discriminator loss"), ("pg_loss", "policy-gradient loss"), ("kl", "KL to the teacher"),
     ("entropy", "student entropy"), ("grad_norm", "student grad norm"),
+    ("reward_exact_corr", "reward vs true likelihood (exact world: within-group corr.)"),
 ]
 
 
@@ -429,8 +430,10 @@ def plot_dynamics(distill: dict[str, dict], teacher: dict | None, judge: dict | 
     and judge's loss curves. `distill`: variant -> its metrics.json `history`; teacher/judge: their metrics."""
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(3, 3, figsize=(13, 10))
+    fig, axes = plt.subplots(3, 4, figsize=(17, 10))
     axes = axes.ravel()
+    for ax in axes[len(DYNAMICS) + 2:]:
+        ax.set_axis_off()
     for ax, (key, title) in zip(axes, DYNAMICS):
         for j, (variant, history) in enumerate(distill.items()):
             values = history.get(key) or []
@@ -495,7 +498,7 @@ def draw_dynamics(distill_metrics: list[str | Path], teacher: str | Path | None,
 
     histories = {Path(p).parent.name: io.read_json(p).get("history", {}) for p in distill_metrics}
     fig = plot_dynamics(histories, io.read_json(teacher) if teacher else None, io.read_json(judge) if judge else None)
-    _save(fig, Path(out_dir), "dynamics")
+    save_figure(fig, Path(out_dir), "dynamics")
     plt.close(fig)
 
 
