@@ -259,6 +259,9 @@ def check_inputs(teacher_dir: str | Path, tokens_stats: str | Path, tokenizer_di
 
     teacher_json, tokens_json = Path(teacher_dir) / "config.json", Path(tokens_stats)
     teacher, tokens = read_json_file(teacher_json), read_json_file(tokens_json)
+    if "model" not in teacher:
+        raise ConfigError(f"{teacher_json}: not a didi model directory's config (no 'model' section)")
+    teacher = teacher["model"]  # the DiTConfig that save_dit writes
     vocab = len(AutoTokenizer.from_pretrained(str(tokenizer_dir), local_files_only=True)) + 1
     problems = []
     if teacher["seq_len"] != tokens["seq_len"]:

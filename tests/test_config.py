@@ -173,13 +173,16 @@ def distill_inputs(tmp_path):
     vocab = {f"t{i}": i for i in range(12)}
     tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel(vocab, unk_token="t0")))
     tok.save_pretrained(tmp_path / "tokenizer")
-    (tmp_path / "teacher").mkdir()
-    (tmp_path / "teacher" / "config.json").write_text(json.dumps({"seq_len": 16, "vocab_size": 13}))
+    from didi.model import DiT, DiTConfig, save_dit
+
+    save_dit(tmp_path / "teacher", DiT(DiTConfig(13, 16, hidden=8, layers=1, heads=2, cond_dim=4)))  # the real format
     (tmp_path / "train.json").write_text(json.dumps({"seq_len": 16, "vocab": 13}))
     return tmp_path
 
 
 def test_check_inputs_names_the_file_that_disagrees(distill_inputs):
+    from didi.model import DiT, DiTConfig, save_dit
+
     root = distill_inputs
     args = (root / "teacher", root / "train.json", root / "tokenizer")
     assert config.check_inputs(*args) == {"seq_len": 16, "vocab_size": 13}
@@ -187,7 +190,7 @@ def test_check_inputs_names_the_file_that_disagrees(distill_inputs):
     with pytest.raises(config.ConfigError, match=r"L: .*teacher/config.json says seq_len 16, .*train.json says 32"):
         config.check_inputs(*args)
     (root / "train.json").write_text(json.dumps({"seq_len": 16, "vocab": 13}))
-    (root / "teacher" / "config.json").write_text(json.dumps({"seq_len": 16, "vocab_size": 51}))
+    save_dit(root / "teacher", DiT(DiTConfig(51, 16, hidden=8, layers=1, heads=2, cond_dim=4)))
     with pytest.raises(config.ConfigError, match=r"vocabulary: .*teacher/config.json says vocab_size 51, the "
                                                  r"tokenizer .*tokenizer gives 13"):
         config.check_inputs(*args)
