@@ -55,8 +55,9 @@ COLUMNS = [
     "sampling_seconds", "tokens_per_s", "judge", "weights", "config_hash", "git_commit",
     "gen_nll", "nll_floor", "invalid_tokens",
 ]
-INTEGER_COLUMNS = ["nfe", "seed", "num_samples", "scored_tokens", "network_calls_per_batch", "disc_forward_calls",
-                   "disc_backward_calls", "invalid_tokens"]
+# network_calls_per_batch is a mean over batches (a cached step calls no network), so it stays a float
+INTEGER_COLUMNS = ["nfe", "seed", "num_samples", "scored_tokens", "disc_forward_calls", "disc_backward_calls",
+                   "invalid_tokens"]
 FIGURES = ["gen_ppl_vs_nfe", "entropy_vs_nfe", "ppl_vs_entropy", "ablation"]
 TABLES = ["main_table", "ablation_table"]
 

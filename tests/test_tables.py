@@ -148,3 +148,13 @@ def test_network_calls_are_per_sampling_batch():
     assert tables.calls_per_batch(cached) == 6.5
     assert tables.calls_per_batch({**summed, "network_calls_per_batch": 7.5}) == 7.5  # the sample meta's own figure
     assert tables.calls_per_batch(eval_json("teacher", "ancestral", "float64", 8, 1.0, 1.0, 1.0)) == 8
+
+
+def test_a_fractional_calls_per_batch_passes_through_the_table(tmp_path):
+    """A cached sampler averages e.g. 6.5 calls per batch: the typed table keeps it (it once failed an integer cast)."""
+    ev = {**eval_json("teacher", "ancestral", "float64", 8, 1.0, 100.0, 4.0, network_calls=13, batch_size=32),
+          "num_samples": 48}
+    path = tmp_path / "e.json"
+    path.write_text(json.dumps(ev))
+    table = tables.build_table([path])
+    assert table.loc[0, "network_calls_per_batch"] == 6.5 and str(table["nfe"].dtype) == "Int64"
