@@ -43,6 +43,7 @@ NON_TRAJECTORY_KEYS = ("iterations", "log_every", "checkpoint_every", "nfe", "ru
                        "teacher_pool_size", "teacher_pool_nfe")
 # streams of seeds, runtime.seed(config seed, STREAM, ...): each kind of draw has its own
 SHARED_ROWS, GROUP_NOISE, DROPOUT, DISCRIMINATOR_INIT = 0, 1, 2, 3
+RUN_KEYS = ("seconds_this_run", "iterations_this_run", "resumed_from_iteration")  # not per-iteration curves
 
 
 def group_generators(seed: int, iteration: int, groups: range, device) -> list[torch.Generator]:
@@ -257,7 +258,3 @@ def run_distillation(teacher: nn.Module, positives, distill_cfg: dict, method: d
     state.history["iterations_this_run"] = [bar.total - bar.start_step]
     state.history["resumed_from_iteration"] = [None if resumed is None else int(resumed["step"])]
     return state
-
-
-RUN_KEYS = ("seconds_this_run", "iterations_this_run", "resumed_from_iteration")  # not per-iteration curves
-

@@ -61,7 +61,7 @@ def score_model(model, cfg: dict, ks: list[int], n: int, world, floor: float, ma
     seq_len, out = cfg["data"]["seq_len"], {}
     for k in ks:
         generator = torch.Generator().manual_seed(cfg["seed"] + k)
-        ids = sample(lambda z, s: model(z, s), n, seq_len, k, LogLinearSchedule(cfg["diffusion"]["eps"]), mask_id,
+        ids = sample(model, n, seq_len, k, LogLinearSchedule(cfg["diffusion"]["eps"]), mask_id,
                      generator, precision=cfg["diffusion"]["sampling_precision"], cache=False,
                      t_end=cfg["diffusion"]["sampling_t_end"]).ids
         out[k] = score(ids.numpy(), world, floor)
