@@ -124,13 +124,19 @@ def distill_step(state: DistillState, positives: torch.Tensor, generator) -> dic
     # 1. positives, each repeated G times (one group = G student samples)
     real = positives.repeat_interleave(G, dim=0)
     rows = real.shape[0]
-    for opt, lr in ((state.opt_student, distill_cfg["student_lr"]), (state.opt_disc, distill_cfg["discriminator_lr"])):
+    # discriminator_warmup: the first iterations train the discriminator alone (the student holds still, so its
+    # first rewards come from a discriminator that already tells its samples from the positives)
+    student_iteration = state.iteration - distill_cfg["discriminator_warmup"]
+    student_moves = student_iteration >= 0
+    for opt, lr, step in ((state.opt_student, distill_cfg["student_lr"], max(student_iteration, 0)),
+                          (state.opt_disc, distill_cfg["discriminator_lr"], state.iteration)):
         for group in opt.param_groups:
-            group["lr"] = runtime.warmup_lr(state.iteration, lr, distill_cfg["warmup_steps"])
+            group["lr"] = runtime.warmup_lr(step, lr, distill_cfg["warmup_steps"])
     # 2-3. time and student rollout
     tau, pi = objective.draw_tau(rows, method, distill_cfg["tau_clip"], generator, device, G)
-    roll = objective.rollout(state.student, rows, state.seq_len, tau, sched, mask_id, method, distill_cfg["t0"],
-                             generator, distill_cfg["rollout_precision"], device)
+    with torch.set_grad_enabled(student_moves):
+        roll = objective.rollout(state.student, rows, state.seq_len, tau, sched, mask_id, method, distill_cfg["t0"],
+                                 generator, distill_cfg["rollout_precision"], device)
     # 4. corruption of student samples and positives
     z_fake, z_real, tau_real = objective.corrupt_both(roll["x"], real, tau, sched, mask_id, method,
                                                       distill_cfg["tau_clip"], generator)
@@ -145,13 +151,11 @@ def distill_step(state: DistillState, positives: torch.Tensor, generator) -> dic
     reward = reward_now() if method["reward_before_update"] else None
     D.train()
     for _ in range(distill_cfg["discriminator_steps"]):
-        d_loss, correct = objective.discriminator_loss(D, z_real, tau_real, z_fake, tau, sched, mask_id,
-                                                       distill_cfg["label_smoothing"], count, method)
+        d_loss, correct, judged = objective.discriminator_loss(D, z_real, tau_real, z_fake, tau, sched, mask_id,
+                                                               distill_cfg["label_smoothing"], count, method)
         optimiser_step(state.opt_disc, d_loss, [p for p in D.parameters() if p.requires_grad],
                        distill_cfg["discriminator_grad_clip"])
-    n_masked = distributed.all_reduce_sum(objective.judged_positions(z_real, mask_id, method).sum()
-                                          + objective.judged_positions(z_fake, mask_id, method).sum())
-    d_acc = dist.world_size * correct.double() / n_masked.clamp(min=1)
+    d_acc = dist.world_size * correct.double() / distributed.all_reduce_sum(judged).clamp(min=1)
     reward = reward_now() if reward is None else reward
     exact = state.exact_reward(roll["x"]) if state.exact_reward is not None else None
     if method["reward_source"] == "exact":  # the study's oracle: the true likelihood in place of the estimate
@@ -165,13 +169,16 @@ def distill_step(state: DistillState, positives: torch.Tensor, generator) -> dic
     # 8. time weight omega(tau), optionally / pi(tau)
     weight = objective.time_weight(sched, tau, pi, method, distill_cfg["omega_clip"])
     # 9. student loss: policy gradient + regulariser to the teacher - entropy bonus
-    pg_loss = objective.policy_gradient_loss(weight, advantage, roll["logp"])
-    kl, entropy = objective.regulariser(roll["states"], state.teacher, sched, mask_id, method, count)
-    loss = pg_loss + method["kl_coef"] * kl - method["entropy_coef"] * entropy
+    with torch.set_grad_enabled(student_moves):
+        pg_loss = objective.policy_gradient_loss(weight, advantage, roll["logp"])
+        kl, entropy = objective.regulariser(roll["states"], state.teacher, sched, mask_id, method, count)
+        loss = pg_loss + method["kl_coef"] * kl - method["entropy_coef"] * entropy
     # 10. student update (warm-up above, clipping) and its EMA
-    grad_norm = optimiser_step(state.opt_student, loss, list(state.student.parameters()),
-                               distill_cfg["student_grad_clip"])
-    runtime.ema_update(state.student_ema, state.student, distill_cfg["ema"], state.iteration, warmup=False)
+    grad_norm = 0.0
+    if student_moves:
+        grad_norm = optimiser_step(state.opt_student, loss, list(state.student.parameters()),
+                                   distill_cfg["student_grad_clip"])
+        runtime.ema_update(state.student_ema, state.student, distill_cfg["ema"], student_iteration, warmup=False)
     state.iteration += 1
     return {
         "student_loss": loss.item(), "pg_loss": pg_loss.item(), "kl": kl.item(), "entropy": entropy.item(),
@@ -202,7 +209,8 @@ def run_distillation(teacher: nn.Module, positives, distill_cfg: dict, method: d
                      mask_id: int, seed: int, device="cpu", discriminator: nn.Module | None = None,
                      checkpoint_dir: str | Path | None = None, dist: distributed.DistInfo | None = None,
                      progress: bool = True, wandb_run=None, exact_reward: Callable | None = None) -> DistillState:
-    """Distil for distill_cfg["iterations"] iterations (resuming from checkpoint_dir when it holds a checkpoint of
+    """Distil for distill_cfg["iterations"] student iterations after distill_cfg["discriminator_warmup"]
+    discriminator-only ones (resuming from checkpoint_dir when it holds a checkpoint of
     the same identity; history["resumed_from_iteration"] says where, or None). exact_reward: see DistillState.
 
     positives [N, L] (tensor or array): the discriminator's positive pool (real data, or teacher samples); each
@@ -223,7 +231,8 @@ def run_distillation(teacher: nn.Module, positives, distill_cfg: dict, method: d
         state.opt_student.load_state_dict(resumed["opt_student"])
         state.opt_disc.load_state_dict(resumed["opt_disc"])
         state.iteration, state.history = int(resumed["step"]), resumed["history"]
-    total, batch_size = distill_cfg["iterations"], distill_cfg["batch_size"]
+    # the discriminator's warm-up iterations come before the student's `iterations`
+    total, batch_size = distill_cfg["discriminator_warmup"] + distill_cfg["iterations"], distill_cfg["batch_size"]
     mine = distributed.shard_rows(batch_size, dist)
     bar = io.Progress(total, every=distill_cfg["log_every"], desc="distill", unit="it", start=state.iteration,
                       logger=log, enabled=progress and dist.is_main)

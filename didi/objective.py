@@ -161,15 +161,24 @@ def judged_positions(z: torch.Tensor, mask_id: int, method: dict) -> torch.Tenso
 
 def discriminator_loss(D, z_real, tau_real, z_fake, tau, schedule, mask_id: int, smoothing: float,
                        count: Callable, method: dict):
-    """(smoothed BCE on the judged positions of both sides, the number of those positions D classifies right)."""
+    """(smoothed BCE, the number of D's classifications that are right, the number it made).
+
+    method["discriminator_level"] "token" (paper and code): every judged position's logit is a classification of
+    its sequence. "sequence": one logit per sequence, the SUM of the per-token logits over the judged positions; at
+    the BCE optimum (smoothing 0) it is the log density ratio of the whole noisy sequence, which is additive over
+    positions where the data is (a Markov chain's log-likelihood is a sum over neighbours), so D learns local
+    evidence and the sum ranks a group's samples by how much of it they carry."""
     mask_real, mask_fake = judged_positions(z_real, mask_id, method), judged_positions(z_fake, mask_id, method)
     logits_real = D(z_real, schedule.sigma(tau_real))
     logits_fake = D(z_fake, schedule.sigma(tau))
+    if method["discriminator_level"] == "sequence":
+        logits_real, logits_fake = (logits_real * mask_real).sum(1), (logits_fake * mask_fake).sum(1)
+        mask_real = mask_fake = torch.ones_like(logits_real, dtype=torch.bool)
     loss = smoothed_bce(logits_real, mask_real.float(), logits_fake, mask_fake.float(), smoothing,
                         counts=(count(mask_real).float(), count(mask_fake).float()))
     with torch.no_grad():
         correct = ((logits_real > 0) & mask_real).sum() + ((logits_fake < 0) & mask_fake).sum()
-    return loss, correct
+    return loss, correct, mask_real.sum() + mask_fake.sum()
 
 
 # ---------------------------------------------------------------------------------------------- reward -> weights
@@ -181,15 +190,19 @@ def masked_row_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def rewards(D, z_fakes: list, tau, schedule, mask_id: int, clip: float, method: dict) -> torch.Tensor:
-    """Per row: the discriminator's clipped log-odds averaged over the row's judged positions, then over the given
-    corruptions of the same student samples (several: the part of the reward that depends on WHICH positions were
-    masked averages out). D in eval mode: no dropout, spectral norm uses its stored vectors."""
+    """Per row: the discriminator's clipped log-odds averaged over the row's judged positions (summed, at
+    discriminator_level "sequence": the sequence's logit), then over the given corruptions of the same student
+    samples (several: the part of the reward that depends on WHICH positions were masked averages out). D in eval
+    mode: no dropout, spectral norm uses its stored vectors."""
     was_training = D.training
     D.eval()
     total = 0.0
     for z in z_fakes:
-        token_reward = D(z, schedule.sigma(tau)).clamp(-clip, clip)
-        total = total + masked_row_mean(token_reward, judged_positions(z, mask_id, method))
+        token_reward, judged = D(z, schedule.sigma(tau)).clamp(-clip, clip), judged_positions(z, mask_id, method)
+        if method["discriminator_level"] == "sequence":
+            total = total + (token_reward * judged).sum(dim=1)
+        else:
+            total = total + masked_row_mean(token_reward, judged)
     D.train(was_training)
     return total / len(z_fakes)
 

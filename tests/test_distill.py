@@ -448,7 +448,10 @@ def test_two_ddp_processes_match_one_process(tmp_path):
     two = json.loads((tmp_path / "two" / "metrics.json").read_text())
     assert one["world_size"] == 1 and two["world_size"] == 2
     for key, curve in one["history"].items():  # global statistics, not rank 0's
-        np.testing.assert_allclose(two["history"][key], curve, rtol=1e-4, atol=1e-6, err_msg=key)
+        # the policy-gradient losses are means of w A log p terms of size ~10 that cancel to ~0.01: float32 sums
+        # in another order differ by ~1e-5 there
+        atol = 1e-4 if key in ("pg_loss", "student_loss") else 1e-6
+        np.testing.assert_allclose(two["history"][key], curve, rtol=1e-4, atol=atol, err_msg=key)
     # the student moved (the comparison is not between two copies of the teacher)
     teacher = _safetensors(tmp_path / "teacher")
     assert any(not torch.allclose(v, teacher[k]) for k, v in _safetensors(tmp_path / "two" / "student_raw").items()
@@ -573,22 +576,81 @@ def test_reward_comes_from_the_discriminator_before_or_after_its_update(before):
 
 def test_discriminator_positions_all_trains_and_reads_every_position():
     z = torch.tensor([[11, 3, 11, 5]])
-    assert objective.judged_positions(z, 11, {"discriminator_positions": "masked"}).tolist() == [[True, False,
-                                                                                                   True, False]]
-    assert objective.judged_positions(z, 11, {"discriminator_positions": "all"}).all()
+    masked_token = {"discriminator_positions": "masked", "discriminator_level": "token"}
+    all_token = {"discriminator_positions": "all", "discriminator_level": "token"}
+    assert objective.judged_positions(z, 11, masked_token).tolist() == [[True, False, True, False]]
+    assert objective.judged_positions(z, 11, all_token).all()
 
     class Fixed(nn.Module):  # logits 0, 1, 2, 3 at positions 0..3
         def forward(self, z, sigma):
             return torch.arange(z.shape[1], dtype=torch.float32).expand(z.shape[0], -1)
 
     tau, sched = torch.tensor([0.5]), SCHED
-    masked = objective.rewards(Fixed(), [z], tau, sched, 11, 8.0, {"discriminator_positions": "masked"})
-    every = objective.rewards(Fixed(), [z], tau, sched, 11, 8.0, {"discriminator_positions": "all"})
+    masked = objective.rewards(Fixed(), [z], tau, sched, 11, 8.0, masked_token)
+    every = objective.rewards(Fixed(), [z], tau, sched, 11, 8.0, all_token)
     assert masked.item() == pytest.approx(1.0) and every.item() == pytest.approx(1.5)
     # several corruptions: the mean of each one's masked mean (here 1.0 and 2.0)
     other = torch.tensor([[3, 11, 5, 11]])
-    both = objective.rewards(Fixed(), [z, other], tau, sched, 11, 8.0, {"discriminator_positions": "masked"})
+    both = objective.rewards(Fixed(), [z, other], tau, sched, 11, 8.0, masked_token)
     assert both.item() == pytest.approx(1.5)
+
+
+def test_sequence_level_discriminator_classifies_the_sum_of_its_token_logits():
+    """discriminator_level sequence: one logit per sequence = the sum of the judged positions' token logits; the BCE,
+    the accuracy and the reward are taken on it (hand-computed on a fixed discriminator)."""
+    class Fixed(nn.Module):  # logits 0, 1, 2, 3 at positions 0..3, minus 2 for the second row
+        def forward(self, z, sigma):
+            return torch.arange(z.shape[1], dtype=torch.float32) - 2.0 * torch.arange(z.shape[0])[:, None]
+
+    z_real = torch.tensor([[11, 3, 11, 5], [1, 2, 3, 4]])   # masked sums: 0 + 2 = 2; (row 2: none masked) 0
+    z_fake = torch.tensor([[11, 11, 11, 11], [11, 3, 3, 3]])  # 6; -2
+    tau = torch.tensor([0.5, 0.5])
+    count = lambda m: m.sum().clamp(min=1)
+    method = {"discriminator_positions": "masked", "discriminator_level": "sequence"}
+    loss, correct, judged = objective.discriminator_loss(Fixed(), z_real, tau, z_fake, tau, SCHED, 11, 0.0, count,
+                                                         method)
+    bce = torch.nn.functional.binary_cross_entropy_with_logits
+    real, fake = torch.tensor([2.0, 0.0]), torch.tensor([6.0, -2.0])
+    expected = 0.5 * (bce(real, torch.ones(2)) + bce(fake, torch.zeros(2)))
+    assert loss.item() == pytest.approx(expected.item())
+    assert int(judged) == 4 and int(correct) == 2  # real 2 > 0 and fake -2 < 0 are right; 0 and 6 are not
+    reward = objective.rewards(Fixed(), [z_fake], tau, SCHED, 11, 8.0, method)
+    assert reward.tolist() == pytest.approx([6.0, -2.0])
+    every = objective.rewards(Fixed(), [z_fake], tau, SCHED, 11, 8.0, {**method, "discriminator_positions": "all"})
+    assert every.tolist() == pytest.approx([6.0, -2.0])
+    token = objective.rewards(Fixed(), [z_fake], tau, SCHED, 11, 8.0, {**method, "discriminator_level": "token"})
+    assert token.tolist() == pytest.approx([1.5, -2.0])
+
+
+def test_discriminator_warmup_holds_the_student_still_then_lets_it_move():
+    """The first discriminator_warmup iterations update the discriminator alone; then `iterations` student
+    iterations follow, the student's learning-rate warm-up counted from its own first iteration."""
+    cfg = tiny_cfg(iterations=2, discriminator_warmup=3, warmup_steps=4)
+    teacher = tiny_teacher(dropout=0.0)
+    positives = torch.as_tensor(np.random.default_rng(0).integers(0, 11, size=(16, 8)))
+    seen = []
+
+    def snapshot(state):
+        return ([p.detach().clone() for p in state.student.parameters()],
+                [p.detach().clone() for p in state.student_ema.parameters()],
+                [p.detach().clone() for p in state.discriminator.parameters() if p.requires_grad],
+                state.opt_student.param_groups[0]["lr"])
+
+    state = build_state(teacher, cfg["distill"], config.variant_method(cfg, "full"), SCHED, 11, 8)
+    for it in range(5):
+        before = snapshot(state)
+        distill_step(state, positives[2 * it: 2 * it + 2], torch.Generator().manual_seed(it))
+        after = snapshot(state)
+        seen.append((before, after))
+    moved = lambda a, b: any(not torch.equal(x, y) for x, y in zip(a, b))
+    for it, (before, after) in enumerate(seen):
+        assert moved(before[2], after[2])                     # the discriminator trains every iteration
+        assert moved(before[0], after[0]) is (it >= 3)        # the student only after the warm-up
+        assert moved(before[1], after[1]) is (it >= 3)        # and so does its EMA
+    assert seen[3][1][3] == pytest.approx(cfg["distill"]["student_lr"] / 4)  # its warm-up starts at step 0
+    history = run_distillation(teacher, positives, cfg["distill"], config.variant_method(cfg, "full"), SCHED, 11,
+                               seed=0, progress=False).history
+    assert len(history["d_acc"]) == 5 and history["grad_norm"][:3] == [0.0, 0.0, 0.0]
 
 
 def test_exact_reward_replaces_the_discriminator_and_its_correlation_is_logged():
