@@ -79,8 +79,8 @@ def row_config(cfg: dict, overrides: dict) -> tuple[dict, dict]:
     return distill_cfg, method
 
 
-def run_one(cfg: dict, results: Path, name: str, overrides: dict, seed: int, ks: list[int], n: int) -> dict:
-    torch.set_num_threads(1)
+def load_world(cfg: dict, results: Path):
+    """(teacher, mask_id, chain, floor) of the synthetic preset's results directory."""
     from transformers import AutoTokenizer
 
     teacher, _ = load_dit(results / "teacher" / "ema")
@@ -88,13 +88,23 @@ def run_one(cfg: dict, results: Path, name: str, overrides: dict, seed: int, ks:
     mask_id = mask_id_of(teacher, AutoTokenizer.from_pretrained(str(tokenizer_dir)), results / "teacher" / "ema",
                          tokenizer_dir)
     world = synthetic.MarkovWorld(synthetic.spec_from_corpus(cfg["corpus"]))
-    floor = synthetic.invalid_log_prob(world.spec)
+    return teacher, mask_id, world, synthetic.invalid_log_prob(world.spec)
+
+
+def row_positives(results: Path, method: dict) -> np.ndarray:
+    """The discriminator's positives of a row: training blocks or the teacher's pool, as the distill rule reads."""
+    return load_positives(results / "tokens" / "train.npy", results / "samples" / "teacher" / "pool.npy",
+                          method["positives"])
+
+
+def run_one(cfg: dict, results: Path, name: str, overrides: dict, seed: int, ks: list[int], n: int) -> dict:
+    torch.set_num_threads(1)
+    teacher, mask_id, world, floor = load_world(cfg, results)
     if name == "teacher":
         return {"name": name, "seed": seed, "scores": {"teacher": score_model(teacher, cfg, ks, n, world, floor,
                                                                               mask_id)}, "history": {}}
     distill_cfg, method = row_config(cfg, overrides)
-    positives = load_positives(results / "tokens" / "train.npy", results / "samples" / "teacher" / "pool.npy",
-                               method["positives"])
+    positives = row_positives(results, method)
     start = time.perf_counter()
     def exact_reward(x: torch.Tensor) -> torch.Tensor:  # true log-likelihood per chain token of each sample
         scored = synthetic.score_blocks(world, x.cpu().numpy(), floor)

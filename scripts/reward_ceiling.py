@@ -23,10 +23,8 @@ import yaml
 
 from didi import config, objective, synthetic
 from didi.diffusion import LogLinearSchedule
-from didi.distill import build_state
-from didi.distill_cli import load_positives
-from didi.model import load_dit
-from didi.study import row_config
+from didi.distill import build_state, optimiser_step
+from didi.study import load_world, row_config, row_positives
 
 
 def main() -> None:
@@ -41,15 +39,11 @@ def main() -> None:
     torch.set_num_threads(1)
     cfg = config.load(["config.yaml", "presets/synthetic.yaml"])
     results = Path(args.results)
-    teacher, _ = load_dit(results / "teacher" / "ema")
-    mask_id, seq_len = teacher.config.vocab_size - 1, cfg["data"]["seq_len"]
+    teacher, mask_id, world, floor = load_world(cfg, results)
+    seq_len = cfg["data"]["seq_len"]
     base = yaml.safe_load(Path(args.rows).read_text())["base"]
     distill_cfg, method = row_config(cfg, config.deep_merge(base, json.loads(args.overrides)))
-    positives = torch.as_tensor(np.asarray(load_positives(results / "tokens" / "train.npy",
-                                                          results / "samples" / "teacher" / "pool.npy",
-                                                          method["positives"])).astype(np.int64))
-    world = synthetic.MarkovWorld(synthetic.spec_from_corpus(cfg["corpus"]))
-    floor = synthetic.invalid_log_prob(world.spec)
+    positives = torch.as_tensor(np.asarray(row_positives(results, method)).astype(np.int64))
     schedule = LogLinearSchedule(cfg["diffusion"]["eps"])
     state = build_state(teacher, distill_cfg, method, schedule, mask_id, seq_len, seed=args.seed)
     D = state.discriminator
@@ -95,11 +89,8 @@ def main() -> None:
                                                           distill_cfg["tau_clip"], train_gen)
         loss, _, _ = objective.discriminator_loss(D, z_real, tau_real, z_fake, tau, schedule, mask_id,
                                                   distill_cfg["label_smoothing"], count, method)
-        state.opt_disc.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_([p for p in D.parameters() if p.requires_grad],
-                                       distill_cfg["discriminator_grad_clip"])
-        state.opt_disc.step()
+        optimiser_step(state.opt_disc, loss, [p for p in D.parameters() if p.requires_grad],
+                       distill_cfg["discriminator_grad_clip"])
 
 
 if __name__ == "__main__":
