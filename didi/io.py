@@ -96,8 +96,11 @@ def write_text(path: str | os.PathLike, text: str) -> None:
         tmp.write_text(text)
 
 
-def write_json(path: str | os.PathLike, obj: Any) -> None:
-    write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
+def write_json(path: str | os.PathLike, obj: Any, indent: int | None = 2) -> None:
+    """obj as JSON, atomically; indent None writes it compact (long per-iteration curves)."""
+    separators = None if indent is not None else (",", ":")
+    write_text(path, json.dumps(obj, indent=indent, sort_keys=True, default=_json_default, separators=separators)
+               + "\n")
 
 
 def read_json(path: str | os.PathLike) -> Any:

@@ -61,6 +61,21 @@ def write_samples(out_stem: Path, ids: np.ndarray, texts: list[str], meta: dict,
     io.write_metrics(Path(f"{out_stem}.json"), meta, cfg)
 
 
+def exact_denoiser(judge_json: str | Path, tokenizer):
+    """(denoiser, mask_id, seq_len) of an exact judge's chain (`judge.kind: exact`): the data's own denoiser,
+    which sampled in K steps shows the factorisation error of K steps alone (synthetic.ExactDenoiser)."""
+    from didi import synthetic
+
+    info = io.read_json(judge_json)
+    if info.get("kind") != "exact":
+        raise ValueError(f"{judge_json}: not an exact judge (kind {info.get('kind')!r}); only the exact world has an "
+                         f"exact denoiser")
+    world = synthetic.MarkovWorld(synthetic.MarkovSpec(**info["spec"]))
+    mask_id = len(tokenizer)  # as for every model: [MASK] is the id after the tokenizer's own
+    denoiser = synthetic.ExactDenoiser(world, info["seq_len"], mask_id, tokenizer.eos_token_id)
+    return denoiser, mask_id, info["seq_len"]
+
+
 def sample_to_files(cfg: dict, model_dir: str | Path, tokenizer_dir: str | Path, out_stem: str | Path, nfe: int,
                     precision: str, temperature: float, num_samples: int, sampler: str = "ancestral",
                     discriminator_dir: str | Path | None = None) -> dict:
@@ -76,12 +91,16 @@ def sample_to_files(cfg: dict, model_dir: str | Path, tokenizer_dir: str | Path,
     out_stem = Path(out_stem)
     device = io.default_device()
     tokenizer = data.load_pretrained_tokenizer(str(tokenizer_dir))
-    model, model_json = load_dit(model_dir, device)
-    mask_id = mask_id_of(model, tokenizer, model_dir, tokenizer_dir)
-    seq_len = model.config.seq_len
+    if Path(model_dir).name == "judge.json":  # the exact world's chain: its exact denoiser
+        model, mask_id, seq_len = exact_denoiser(model_dir, tokenizer)
+        cache, weights = cfg["diffusion"]["cache"], "exact"  # it ignores time
+    else:
+        model, model_json = load_dit(model_dir, device)
+        mask_id, seq_len = mask_id_of(model, tokenizer, model_dir, tokenizer_dir), model.config.seq_len
+        cache = use_cache(cfg["diffusion"], model)
+        weights = model_json.get("teacher", {}).get("weights") or Path(model_dir).name
     schedule = LogLinearSchedule(cfg["diffusion"]["eps"])
     t_end = cfg["diffusion"]["sampling_t_end"]
-    cache = use_cache(cfg["diffusion"], model)
     seed = file_seed(cfg["seed"], out_stem)
     gen = torch.Generator(device=device).manual_seed(seed)
 
@@ -120,7 +139,7 @@ def sample_to_files(cfg: dict, model_dir: str | Path, tokenizer_dir: str | Path,
     texts = data.decode(tokenizer, ids)
     meta = {
         "model_dir": str(model_dir),
-        "weights": model_json.get("teacher", {}).get("weights") or Path(model_dir).name,
+        "weights": weights,
         "sampler": sampler,
         "discriminator_dir": None if discriminator_dir is None else str(discriminator_dir),
         "precision": precision,
@@ -140,7 +159,8 @@ def sample_to_files(cfg: dict, model_dir: str | Path, tokenizer_dir: str | Path,
 # ---------------------------------------------------------------------------------------------- CLI
 def add_arguments(p: argparse.ArgumentParser) -> None:
     config.add_arguments(p)
-    p.add_argument("--model-dir", required=True, help="a model directory written by save_dit (teacher or student)")
+    p.add_argument("--model-dir", required=True, help="a model directory written by save_dit (teacher or student), "
+                   "or an exact judge's judge.json (the chain's exact denoiser)")
     p.add_argument("--tokenizer", required=True, help="tokenizer directory")
     p.add_argument("--nfe", type=int, required=True, help="K, the number of sampler steps")
     p.add_argument("--precision", choices=PRECISIONS, required=True,

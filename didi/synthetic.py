@@ -118,6 +118,64 @@ class MarkovWorld:
         return float(self.expected_nll_per_position(length).mean())
 
 
+# ---------------------------------------------------------------------------------------------- exact denoiser
+class ExactDenoiser:
+    """The data's own denoiser: p(x_i | the visible tokens) of a first-order chain, exactly, as a drop-in for the
+    DiT (`model(z [B, L], sigma [B]) -> logits [B, L, V+1]`, time-independent) on blocks [BOS] + states + [EOS].
+
+    Sampled in K steps it is the best any denoiser (teacher or student) can do at K: what remains above the data's
+    floor is the factorisation error of revealing several tokens in one step, which no better network removes. For
+    a masked chain position i with the nearest visible states x_l on its left and x_r on its right,
+        p(x_i = v | visible) oc P^(i-l)[x_l, v] P^(r-i)[v, x_r]
+    (the first state is uniform, so with nothing visible on the left the left factor is the chain's marginal at i;
+    with nothing on the right, the right factor is 1)."""
+
+    def __init__(self, world: MarkovWorld, seq_len: int, mask_id: int, boundary_id: int):
+        import torch
+
+        if world.spec.order != 1:
+            raise ValueError(f"the exact denoiser is written for order-1 chains, got order {world.spec.order}")
+        V, n = world.spec.vocab_size, seq_len - 2
+        if not V <= boundary_id < mask_id:
+            raise ValueError(f"expected state ids 0..{V - 1} < boundary id {boundary_id} < [MASK] {mask_id}")
+        P = torch.tensor(world.transition, dtype=torch.float64)
+        powers = [torch.eye(V, dtype=torch.float64)]
+        for _ in range(n):
+            powers.append(powers[-1] @ P)
+        self.powers = torch.stack(powers)  # [n + 1, V, V]: P^d
+        self.marginal = self.powers[:n].mean(dim=1)  # [n, V]: the chain's marginal at position j (uniform start) P^j
+        self.vocab, self.chain_len, self.seq_len, self.mask_id, self.boundary_id = V, n, seq_len, mask_id, boundary_id
+
+    def eval(self):  # the samplers' model interface
+        return self
+
+    def __call__(self, z, sigma):
+        import torch
+
+        B, (V, n) = z.shape[0], (self.vocab, self.chain_len)
+        if z.shape[1] != self.seq_len:
+            raise ValueError(f"expected blocks of length {self.seq_len}, got {z.shape[1]}")
+        x = z[:, 1:-1].cpu()
+        visible = x != self.mask_id
+        if (visible & (x >= V)).any():
+            raise ValueError(f"the exact denoiser conditions on states only; got a visible id >= {V} at a chain "
+                             f"position")
+        pos = torch.arange(n).expand(B, n)
+        left = torch.where(visible, pos, -1).cummax(dim=1).values  # nearest visible at or left of i (-1: none)
+        right = torch.where(visible, pos, n).flip(1).cummin(dim=1).values.flip(1)  # ... at or right of i (n: none)
+        x_left, x_right = x.gather(1, left.clamp(min=0)), x.gather(1, right.clamp(max=n - 1))
+        x_left, x_right = torch.where(x_left < V, x_left, 0), torch.where(x_right < V, x_right, 0)
+        left_factor = torch.where((left >= 0)[..., None], self.powers[(pos - left).clamp(max=n), x_left],
+                                  self.marginal[pos])  # [B, n, V]
+        right_powers = self.powers[(right - pos).clamp(max=n)]  # [B, n, V, V]
+        right_factor = right_powers.gather(3, x_right[..., None, None].expand(B, n, V, 1)).squeeze(-1)
+        right_factor = torch.where((right < n)[..., None], right_factor, 1.0)
+        logits = torch.full((B, self.seq_len, self.mask_id + 1), float("-inf"), dtype=torch.float64)
+        logits[:, 1:-1, :V] = (left_factor * right_factor).log()
+        logits[:, [0, -1], self.boundary_id] = 0.0  # BOS and EOS are certain
+        return logits.float().to(z.device)
+
+
 # ---------------------------------------------------------------------------------------------- workflow plumbing
 # `corpus.source: "synthetic:markov"`: each document is one chain sequence of L - 2 states written "s12 s3 s7 ...";
 # the tokenizer maps state s<i> to id i (then EOS = BOS and [PAD]), and `data.wrap: false` packs each document

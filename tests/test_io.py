@@ -72,3 +72,11 @@ def test_corrupt_weights_name_the_file(tmp_path, damage):
         io.load_model_dir(tmp_path / "model")
     with pytest.raises(ValueError, match=f"{weights}: not a readable safetensors file"):
         io.load_tensors(weights)
+
+
+def test_write_json_compact_round_trips(tmp_path):
+    obj = {"b": [1.5, 2], "a": {"x": None}}
+    io.write_json(tmp_path / "pretty.json", obj)
+    io.write_json(tmp_path / "compact.json", obj, indent=None)
+    assert io.read_json(tmp_path / "pretty.json") == io.read_json(tmp_path / "compact.json") == obj
+    assert (tmp_path / "compact.json").read_text() == '{"a":{"x":null},"b":[1.5,2]}\n'

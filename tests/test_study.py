@@ -30,6 +30,14 @@ def test_gap_table_by_hand():
     assert table.loc["row", "closed@4"] == pytest.approx((2.0 - 1.6) / (2.0 - 1.2))
     assert table.loc["row", "closed@8"] == pytest.approx((1.6 - 1.6) / (1.6 - 1.2))
     assert table.loc["teacher", "closed@4"] == 0.0 and "closed@32" not in table.columns
+    assert table.loc["row", "entropy@8"] == pytest.approx(1.9) and table.loc["teacher", "entropy@32"] == 2.0
+    assert "denoiser_closed@4" not in table.columns  # no exact denoiser scored
+    exact = [{"name": "exact_denoiser", "seed": 0, "model": "exact", "K": k, "nll": nll, "entropy": 2.0,
+              "positional_entropy": 3.0} for k, nll in ((4, 1.8), (8, 1.4), (32, 1.0))]
+    table = study.gap_table(pd.DataFrame(rows + exact), [4, 8, 32], seq_len=32).set_index("row")
+    assert table.loc["row", "denoiser_closed@4"] == pytest.approx((2.0 - 1.6) / (2.0 - 1.8))
+    assert table.loc["row", "denoiser_closed@32"] == pytest.approx((1.2 - 1.2) / (1.2 - 1.0))
+    assert table.loc["exact_denoiser", "denoiser_closed@8"] == pytest.approx(1.0)
 
 
 def test_row_overrides_merge_and_unknown_keys_are_named():

@@ -62,6 +62,47 @@ def test_samples_follow_the_transition_table():
     assert np.abs(freq - world.transition[2]).max() < 0.03
 
 
+def test_exact_denoiser_is_the_posterior_by_enumeration():
+    """Every masked position's distribution equals the posterior summed over all chains that agree with the
+    visible states (V = 3, 5 chain positions: 243 chains), for every visibility pattern."""
+    import itertools
+
+    import torch
+
+    spec = {**SPEC, "vocab_size": 3}
+    world, n = MarkovWorld(MarkovSpec(**spec)), 5
+    boundary, mask = 3, 5  # states 0..2, EOS = BOS 3, [PAD] 4, [MASK] 5
+    denoiser = synthetic.ExactDenoiser(world, n + 2, mask, boundary)
+    chains = np.array(list(itertools.product(range(3), repeat=n)))
+    joint = np.exp(world.log_prob(chains))
+    rng = np.random.default_rng(0)
+    blocks = []
+    for pattern in itertools.product([False, True], repeat=n):
+        visible = np.array(pattern)
+        truth = chains[rng.choice(len(chains), p=joint)]
+        blocks.append([boundary, *np.where(visible, truth, mask), boundary])
+    blocks = torch.tensor(blocks)
+    probs = denoiser(blocks, torch.zeros(len(blocks))).double().softmax(-1).numpy()
+    for row, block in enumerate(blocks.numpy()):
+        x = block[1:-1]
+        agree = np.all((chains == x) | (x == mask), axis=1)
+        for i in np.flatnonzero(x == mask):
+            posterior = np.bincount(chains[agree, i], weights=joint[agree], minlength=3) / joint[agree].sum()
+            assert probs[row, i + 1, :3] == pytest.approx(posterior, rel=1e-5)
+            assert probs[row, i + 1, 3:].sum() < 1e-6
+        assert probs[row, 0, boundary] == probs[row, -1, boundary] == pytest.approx(1.0)
+
+
+def test_exact_denoiser_refuses_what_it_cannot_condition_on():
+    import torch
+
+    with pytest.raises(ValueError, match="order-1"):
+        synthetic.ExactDenoiser(MarkovWorld(MarkovSpec(**{**SPEC, "order": 2})), 7, 10, 8)
+    denoiser = synthetic.ExactDenoiser(MarkovWorld(MarkovSpec(**SPEC)), 7, 10, 8)
+    with pytest.raises(ValueError, match="visible id >= 8"):
+        denoiser(torch.tensor([[8, 1, 9, 10, 10, 10, 8]]), torch.zeros(1))
+
+
 @pytest.mark.parametrize("key, value", [("branching", 0), ("branching", 9), ("leak", 1.0), ("leak", -0.1),
                                         ("order", 0), ("order", 8)])
 def test_bad_parameters_raise_naming_the_parameter(key, value):
@@ -217,6 +258,36 @@ def test_dry_run_plans_the_exact_world_and_the_dynamics_figure(tmp_path):
                  "table", "figures", "dynamics"]:
         assert f"rule {rule}:" in out
     assert (REPO / "workflow" / "report" / "dynamics.rst").exists()
+    # the chain's exact denoiser is sampled over the NFE sweep, from the judge's record of the chain
+    for k in (2, 4, 8, 32):
+        assert f"{tmp_path}/samples/exact/ancestral_float64_nfe{k}_T1.00.npy" in out
+    assert f"--model-dir {tmp_path}/judge/judge.json" in run_snakemake(
+        ["--configfile", str(REPO / "config.yaml"), str(REPO / "presets" / "synthetic.yaml"), "--dry-run",
+         "--printshellcmds", "--config", f"results={tmp_path}", "--", f"{tmp_path}/samples/exact/"
+         "ancestral_float64_nfe4_T1.00.npy"]).stdout
+
+
+def test_exact_denoiser_samples_to_files(tmp_path):
+    """`didi sample` on an exact judge's judge.json: blocks [BOS] + states + [EOS]; in one step every position is
+    drawn from the chain's marginal there, so the first state is uniform."""
+    from didi.sample import sample_to_files
+
+    cfg = synthetic_cfg(tmp_path)
+    exact_judge(tmp_path)
+    synthetic.state_tokenizer(8, data.EOS_TOKEN, data.PAD_TOKEN).save_pretrained(str(tmp_path / "tokenizer"))
+    cfg["sampling"]["batch_size"] = 1000
+    meta = sample_to_files(cfg, tmp_path / "judge.json", tmp_path / "tokenizer", tmp_path / "one", nfe=1,
+                           precision="float64", temperature=1.0, num_samples=4000)
+    ids = np.load(tmp_path / "one.npy")
+    assert ids.shape == (4000, 12) and meta["weights"] == "exact"
+    assert (ids[:, [0, -1]] == 8).all() and (ids[:, 1:-1] < 8).all()
+    first = np.bincount(ids[:, 1], minlength=8) / 4000
+    assert np.abs(first - 1 / 8).max() < 4 * math.sqrt(1 / 8 * 7 / 8 / 4000)
+    with pytest.raises(ValueError, match="not an exact judge"):
+        (tmp_path / "lm").mkdir()
+        (tmp_path / "lm" / "judge.json").write_text(json.dumps({"kind": "lm"}))
+        sample_to_files(cfg, tmp_path / "lm" / "judge.json", tmp_path / "tokenizer", tmp_path / "x", nfe=1,
+                        precision="float64", temperature=1.0, num_samples=4)
 
 
 @pytest.mark.slow
@@ -241,7 +312,10 @@ def test_synthetic_preset_end_to_end(tmp_path):
     assert np.allclose(table["gen_nll"], np.log(table["gen_ppl"]))
     ref = table[table.model == "reference"].iloc[0]
     assert abs(ref["gen_nll"] - floor) < 0.25 and ref["invalid_tokens"] == 0
-    assert {"teacher", "student-full", "student-baseline"} <= set(table.model)
+    assert {"teacher", "exact", "student-full", "student-baseline"} <= set(table.model)
+    exact = table[table.model == "exact"].set_index("nfe")
+    assert (exact["invalid_tokens"] == 0).all()  # the data's denoiser puts states at every chain position
+    assert exact.loc[2, "gen_nll"] > exact.loc[32, "gen_nll"]  # its factorisation error shrinks with K
     assert (results / "figures" / "dynamics.png").stat().st_size > 5000
     report = tmp_path / "report.html"
     run_snakemake([*args, "--report", str(report)])

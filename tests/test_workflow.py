@@ -36,6 +36,7 @@ def test_dry_run(preset, tmp_path):
     commands = [line for line in out.splitlines() if line.startswith("Shell command:") and "didi" in line]
     assert commands and all(" -m didi " in line for line in commands)
     assert f" -m didi check-inputs --teacher {tmp_path}/teacher/ema --tokens {tmp_path}/tokens/train.json" in out
+    assert "/samples/exact/" not in out  # the exact denoiser exists only in the exact world
 
 
 BAD_CONFIGS = {  # preset text -> what the error must name (besides the file)

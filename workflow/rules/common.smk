@@ -61,7 +61,7 @@ def relevant(step):
 
 
 wildcard_constraints:
-    model=r"teacher|gpt2|student-[A-Za-z0-9_]+",
+    model=r"teacher|gpt2|exact|student-[A-Za-z0-9_]+",
     variant=r"[A-Za-z0-9_]+",
     sampler=r"ancestral|rgas|ar",
     precision="|".join(PRECISIONS),
@@ -121,9 +121,25 @@ def baseline_samples():
     return [("gpt2", "ar", "float32", BASELINE_NFE, t) for t in sorted(temperatures)]
 
 
+def exact_denoiser_samples():
+    """The exact world's own denoiser over the NFE sweep (judge.kind exact, first-order chains): the best any
+    denoiser does in K steps, i.e. the factorisation error alone (didi.synthetic.ExactDenoiser).
+    """
+    if (
+        config["judge"]["kind"] != "exact"
+        or config["corpus"]["synthetic"]["order"] != 1
+    ):
+        return []
+    precision = config["diffusion"]["sampling_precision"]
+    return [
+        ("exact", "ancestral", precision, k, fmt_temperature(1.0))
+        for k in config["sampling"]["nfe"]
+    ]
+
+
 def all_sample_keys():
     teacher = [("teacher", "ancestral", p, k, t) for p, k, t in teacher_sample_stems()]
-    return teacher + student_samples() + baseline_samples()
+    return teacher + exact_denoiser_samples() + student_samples() + baseline_samples()
 
 
 def eval_files():
@@ -165,8 +181,11 @@ def parent_of(key, of="output"):
 
 
 def sample_inputs(wildcards):
-    """Generator weights (+ discriminator for RGAS) of the model a sample file comes from."""
+    """Generator weights (+ discriminator for RGAS) of the model a sample file comes from; for model "exact" the
+    exact judge's chain."""
     weights = config["sampling"]["weights"]
+    if wildcards.model == "exact":  # the chain, as judge.json records it
+        return {"model": rules.train_judge.output.judge, "tokenizer": f"{R}/tokenizer"}
     if wildcards.model == "teacher":
         inputs = {
             "model": f"{R}/teacher/{weights}",
