@@ -366,8 +366,10 @@ def exact_nll_lines(df: pd.DataFrame) -> list[str]:
     table.columns = [f"NFE {int(k)}" for k in table.columns]
     ref = reference_row(df)
     real = "" if ref is None else f"; real held-out sequences: {ref['gen_nll']:.4f}"
+    exact = (" Model `exact` is the chain's own exact denoiser sampled in K steps: its factorisation error alone, the "
+             "best any denoiser does at K." if (rows["model"] == "exact").any() else "")
     return ["", f"Exact judge: true NLL per chain position (nats/token) [invalid tokens], by model and NFE. "
-                f"The data's floor (its entropy per token): {floor.iloc[0]:.4f}{real}.", "",
+                f"The data's floor (its entropy per token): {floor.iloc[0]:.4f}{real}.{exact}", "",
             table.rename_axis("model sampler precision").to_markdown()]
 
 

@@ -225,6 +225,10 @@ def test_exact_rows_in_the_results_table(tmp_path):
     text = tables.main_table_md(df)
     assert "floor (its entropy per token): 0.8000; real held-out sequences: 0.8100" in text
     assert "1.5000 [3]" in text and "0.9000 [0]" in text
+    assert "exact denoiser" not in text  # said only when its rows are there
+    with_exact = tables.typed(__import__("pandas").DataFrame(
+        [tables.row_from_eval(e) for e in (ev("teacher", 2, 1.5, 3), ev("exact", 2, 1.2, 0))], columns=tables.COLUMNS))
+    assert "Model `exact` is the chain's own exact denoiser" in tables.main_table_md(with_exact)
     tables.write_csv(tmp_path / "r.csv", df)
     back = tables.read_table(tmp_path / "r.csv")
     assert back["invalid_tokens"].tolist() == [3, 0, 0] and back["nll_floor"].tolist() == [0.8] * 3
