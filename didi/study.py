@@ -10,9 +10,10 @@ the chain itself scores them: true NLL per chain token (`synthetic.score_blocks`
 (`evaluate.entropy_stats`, as everywhere), and the entropy of each position's token distribution ACROSS samples,
 which falls when a sampler collapses onto a few sequences (per-sample unigram entropy does not see that).
 The teacher is scored the same way (row "teacher"), and so is the chain's exact denoiser (row "exact_denoiser"):
-sampled in K steps it carries the factorisation error alone, the best any denoiser reaches at K. Outputs: results.csv (one line per row, seed, model, K),
-histories.json (the per-iteration curves), table.md (means over seeds, the share of the teacher's few-step gap
-NLL(teacher@K) - NLL(teacher@L) each row closes) and dynamics.png.
+sampled in K steps it carries the factorisation error alone, the best any denoiser reaches at K. Outputs:
+results.csv (one line per row, seed, model, K), histories.json (the per-iteration curves), table.md (means over
+seeds, the shares of the teacher's few-step gap NLL(teacher@K) - NLL(teacher@L) and of its denoiser error
+NLL(teacher@K) - NLL(exact@K) each row closes) and dynamics.png.
 """
 
 from __future__ import annotations

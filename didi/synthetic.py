@@ -167,9 +167,8 @@ class ExactDenoiser:
         x_left, x_right = torch.where(x_left < V, x_left, 0), torch.where(x_right < V, x_right, 0)
         left_factor = torch.where((left >= 0)[..., None], self.powers[(pos - left).clamp(max=n), x_left],
                                   self.marginal[pos])  # [B, n, V]
-        right_powers = self.powers[(right - pos).clamp(max=n)]  # [B, n, V, V]
-        right_factor = right_powers.gather(3, x_right[..., None, None].expand(B, n, V, 1)).squeeze(-1)
-        right_factor = torch.where((right < n)[..., None], right_factor, 1.0)
+        right_factor = torch.where((right < n)[..., None], self.powers[(right - pos).clamp(max=n), :, x_right],
+                                   1.0)  # [B, n, V]: P^d[v, x_r]
         logits = torch.full((B, self.seq_len, self.mask_id + 1), float("-inf"), dtype=torch.float64)
         logits[:, 1:-1, :V] = (left_factor * right_factor).log()
         logits[:, [0, -1], self.boundary_id] = 0.0  # BOS and EOS are certain
