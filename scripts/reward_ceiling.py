@@ -1,4 +1,6 @@
-"""How much can the discriminator's reward say about a sample? (docs/distillation-study.md, point 3)
+"""How much can the discriminator's reward say about a sample?
+
+(docs/distillation-study.md, "Where the reward's noise comes from".)
 
 On the exact world, train the discriminator ALONE (student frozen at the teacher) on many of the teacher's two-step
 rollouts against the positives, then report, on 512 fresh rollouts through tau = 0.6, the correlation of the reward
@@ -68,7 +70,8 @@ def main() -> None:
                                                                               eval_gen)],
                                                    t, schedule, mask_id, distill_cfg["reward_clip"], method)
                                  for _ in range(8)])
-                out.append(f"t={t_read}: {np.corrcoef(r[0], truth)[0, 1]:.2f} (1) {np.corrcoef(r.mean(0), truth)[0, 1]:.2f} (8)")
+                one, eight = np.corrcoef(r[0], truth)[0, 1], np.corrcoef(r.mean(0), truth)[0, 1]
+                out.append(f"t={t_read}: {one:.2f} (1) {eight:.2f} (8)")
         D.train()
         return "  ".join(out)
 
