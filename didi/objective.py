@@ -12,13 +12,14 @@ count divided by the world size under DDP.
 
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from didi.diffusion import LogLinearSchedule, ancestral_step, corrupt
+from didi.diffusion import LogLinearSchedule, ancestral_step, corrupt, denoise_rows
 
 
 # ---------------------------------------------------------------------------------------------- randomness
@@ -79,6 +80,11 @@ def with_mask_column(log_probs: torch.Tensor) -> torch.Tensor:
     return torch.cat([log_probs, log_probs.new_full((*log_probs.shape[:-1], 1), float("-inf"))], dim=-1)
 
 
+def deterministic(model) -> bool:
+    """Whether each output row of `model` is a fixed function of its input row: eval mode, or no active dropout."""
+    return not any(isinstance(m, nn.Dropout) and m.training and m.p > 0 for m in getattr(model, "modules", list)())
+
+
 def student_step(student: nn.Module, z: torch.Tensor, t: torch.Tensor, alpha_next: torch.Tensor,
                  schedule: LogLinearSchedule, mask_id: int, generator, method: dict, precision: str):
     """One ancestral step t -> s of the student (diffusion.ancestral_step), with ell [B] = the sum over newly
@@ -88,12 +94,19 @@ def student_step(student: nn.Module, z: torch.Tensor, t: torch.Tensor, alpha_nex
     otherwise it is drawn from a separate no-grad pass and scored by a second one (the official code's way;
     differs under dropout)."""
     sigma = schedule.sigma(t)
+
+    def forward(z, sigma):
+        return real_log_probs(student(z, sigma), mask_id)
+
+    if deterministic(student):  # identical rows (the all-[MASK] start) in one pass; its gradient sums over them
+        forward = functools.partial(denoise_rows, forward)
+
     if method["on_policy_single_pass"]:
-        log_probs = draw_from = real_log_probs(student(z, sigma), mask_id)
+        log_probs = draw_from = forward(z, sigma)
     else:
         with torch.no_grad():
-            draw_from = real_log_probs(student(z, sigma), mask_id)
-        log_probs = real_log_probs(student(z, sigma), mask_id)
+            draw_from = forward(z, sigma)
+        log_probs = forward(z, sigma)
     draw_from, score = with_mask_column(draw_from), with_mask_column(log_probs)
     alpha_t = schedule.alpha(t)
     z_next, ell = draw_rows(generator, z.shape[0], lambda g, r: ancestral_step(
@@ -268,7 +281,7 @@ def regulariser(states, teacher, schedule, mask_id: int, method: dict, count: Ca
         masked = z == mask_id  # where() rather than multiply: outputs at unmasked positions are irrelevant, maybe inf
         n = count(masked).to(student_lp.dtype)
         with torch.no_grad():
-            teacher_lp = real_log_probs(teacher(z, schedule.sigma(t)), mask_id)
+            teacher_lp = denoise_rows(lambda z, s: real_log_probs(teacher(z, s), mask_id), z, schedule.sigma(t))
         lp = student_lp if method["kl_coef"] > 0 else student_lp.detach()
         div = divergence(lp, teacher_lp, method["regularizer"], method["jeffrey_beta"])
         kl = kl + torch.where(masked, div, 0.0).sum() / n

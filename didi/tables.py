@@ -144,7 +144,7 @@ def read_table(path: str | Path) -> pd.DataFrame:
     # Empty strings (teacher variant, reference sampler) must stay strings, not NaN.
     df = pd.read_csv(path, keep_default_na=False, na_values=[""])
     for col in ("model", "variant", "sampler", "precision", "judge", "weights", "config_hash", "git_commit"):
-        df[col] = df[col].fillna("").astype(str)
+        df[col] = df[col].astype(object).fillna("").astype(str)  # an all-empty column is read as float64
     return typed(df)
 
 

@@ -16,6 +16,7 @@ from didi.diffusion import (
     LogLinearSchedule,
     ancestral_step,
     corrupt,
+    denoise_rows,
     elbo_nats,
     mdlm_loss,
     sample,
@@ -460,3 +461,20 @@ def test_the_config_schema_knows_the_same_precisions_as_the_sampler():
 
     schema = yaml.safe_load((Path(__file__).parents[1] / "workflow/schemas/config.schema.yaml").read_text())
     assert tuple(schema["definitions"]["precision"]["enum"]) == PRECISIONS
+
+
+def test_identical_rows_run_the_network_once_and_distinct_rows_all_run():
+    rows_seen = []
+
+    def model_fn(z, sigma):
+        rows_seen.append(z.shape[0])
+        return z[..., None].double() * sigma[:, None, None] + torch.arange(3.0, dtype=torch.float64)
+
+    start = torch.full((5, 4), MASK)
+    out = denoise_rows(model_fn, start, torch.full((5,), 2.0))
+    assert rows_seen == [1] and out.shape == (5, 4, 3)
+    assert torch.equal(out, model_fn(start, torch.full((5,), 2.0)))
+    for z, sigma in ((start, torch.tensor([2.0, 2.0, 2.0, 2.0, 1.0])),  # one row at another noise level
+                     (torch.cat([start[:4], torch.zeros(1, 4, dtype=torch.long)]), torch.full((5,), 2.0))):
+        rows_seen.clear()
+        assert torch.equal(denoise_rows(model_fn, z, sigma), model_fn(z, sigma)) and rows_seen == [5, 5]

@@ -519,6 +519,35 @@ def test_rollout_calls_the_student_once_or_twice_per_step(single_pass, calls_per
     assert calls == [True, True] if single_pass else calls == [False, True, False, True]
 
 
+@pytest.mark.parametrize("dropout", [0.0, 0.3])
+def test_the_all_mask_start_runs_once_unless_dropout_makes_rows_differ(dropout, monkeypatch):
+    """The rollout's first step sees B identical all-[MASK] rows: without active dropout the student runs on one
+    row and log p(x) and its gradient equal those of the batched pass; with dropout every row gets its own mask."""
+    student = tiny_teacher(dropout=dropout).train()
+    rows_per_call = []
+    student.register_forward_hook(lambda module, args, out: rows_per_call.append(args[0].shape[0]))
+    method = config.variant_method(tiny_cfg(), "full")
+    tau = torch.full((4,), 0.5)
+
+    def logp_and_grad():
+        roll = rollout(student, 4, 8, tau, SCHED, 11, method, 1e-3, torch.Generator().manual_seed(0), "float64",
+                       "cpu")
+        student.zero_grad()
+        roll["logp"].sum().backward()
+        return roll["logp"].detach(), [p.grad.clone() for p in student.parameters()]
+
+    torch.manual_seed(0)
+    shared_logp, shared_grad = logp_and_grad()
+    assert rows_per_call == ([1, 4] if dropout == 0 else [4, 4])
+    if dropout == 0:
+        monkeypatch.setattr(objective, "deterministic", lambda model: False)  # the batched pass, for reference
+        full_logp, full_grad = logp_and_grad()
+        assert rows_per_call[2:] == [4, 4]
+        torch.testing.assert_close(shared_logp, full_logp)
+        for a, b in zip(shared_grad, full_grad):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
 def test_tau_per_group_shares_one_noise_level_per_group_and_per_row_does_not():
     gens = [torch.Generator().manual_seed(i) for i in range(3)]  # one per group, as the loop passes them
     method = {"tau_distribution": "beta22", "tau_per_group": True}

@@ -86,7 +86,8 @@ def test_observed_tokens_never_change_and_counts_are_exact(tilt_fraction, candid
                       "float64", h_start=30.0, h_end=40.0, candidates=candidates, tilt_fraction=tilt_fraction,
                       temperature=1.0, t_end=1e-5)
     assert not (res.ids == MASK).any()
-    states = model_fn.inputs + [res.ids]
+    assert model_fn.inputs[0].shape == (1, L)  # the all-[MASK] start: identical rows, one network row
+    states = [z.expand(8, L) for z in model_fn.inputs] + [res.ids]
     for before, after in zip(states[:-1], states[1:]):
         observed = before != MASK
         assert torch.equal(after[observed], before[observed])
