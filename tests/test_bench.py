@@ -161,3 +161,34 @@ def test_a_failing_part_is_recorded_and_the_check_goes_on(tmp_path, monkeypatch)
     assert parts["distill"]["error"] == "RuntimeError: out of memory (pretend)"
     assert parts["rgas_nfe16"]["rgas_overhead"] > 0  # the parts after the failure still ran
     assert parts[f"sampler_nfe{L}_float32"]["nfe"] == L
+
+
+def test_bench_commits_runs_each_commit_on_its_own_code(tmp_path):
+    """scripts/bench_commits.sh in a scratch repository whose second commit reports 1000x the distillation rate:
+    the ratio shows each run imported its own worktree's didi, not the working directory's."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run(["cp", "-r", str(REPO / "didi"), str(REPO / "scripts"), str(REPO / "config.yaml"),
+                    str(REPO / "workflow"), str(repo)], check=True)
+    (repo / "tiny.yaml").write_text(TINY_YAML)
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "add", "-A"], check=True)
+    subprocess.run([*git, "commit", "-qm", "a"], check=True)
+    bench_py = repo / "didi" / "bench.py"
+    source = bench_py.read_text()
+    marker = 'return {"iterations_per_s": iterations / seconds,'
+    assert marker in source
+    bench_py.write_text(source.replace(marker, 'return {"iterations_per_s": 1000 * iterations / seconds,'))
+    subprocess.run([*git, "commit", "-qam", "b"], check=True)
+    run = subprocess.run(
+        ["bash", "scripts/bench_commits.sh", "HEAD~1", "HEAD", str(tmp_path / "ab"), "--", "--configfile",
+         "config.yaml", "--configfile", "tiny.yaml", "--synthetic-tokens", "--sections", "distill",
+         "--timed-steps", "2"],
+        cwd=repo, capture_output=True, text=True, env={**os.environ, "ROUNDS": "1", "PYTHON": sys.executable},
+        timeout=300)
+    assert run.returncode == 0, run.stdout + run.stderr
+    rates = [float(line.split("distillation: ")[1].split()[0]) for line in run.stdout.splitlines()]
+    assert len(rates) == 2 and rates[1] / rates[0] > 100
+    runs = sorted(p for p in (tmp_path / "ab").iterdir() if p.is_dir())
+    assert len(runs) == 2 and all(json.loads((run / "distill.json").read_text()) for run in runs)
