@@ -6,7 +6,8 @@
 # e.g.
 #   scripts/bench_commits.sh 08c9c14 HEAD results/bench-ab -- --configfile config.yaml --tokens results/tokens \
 #       --tokenizer results/tokenizer --teacher results/teacher/ema --sections distill --timed-steps 60
-# Writes OUT_DIR/<commit>-<round>/*.json (and .log) and prints the distillation iterations/s of every run. ROUNDS=3 by default.
+# Writes OUT_DIR/<commit>-<round>/*.json (and .log) and prints the distillation iterations/s (and teacher tokens/s)
+# of every run. ROUNDS=3 by default.
 # Run it inside the project's environment (`make`, or its .venv) from the repository root.
 set -euo pipefail
 if [ $# -lt 4 ] || [ "$4" != "--" ]; then
