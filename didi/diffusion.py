@@ -158,6 +158,12 @@ def denoise_rows(model_fn, z: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor
     return model_fn(z, sigma)
 
 
+def denoised_log_probs(model_fn, z: torch.Tensor, sigma: torch.Tensor, mask_id: int,
+                       temperature: float = 1.0) -> torch.Tensor:
+    """The samplers' SUBS log-probs [B, L, V+1] of model_fn at (z, sigma), identical rows run once (denoise_rows)."""
+    return denoise_rows(lambda z, sigma: subs_log_probs(model_fn(z, sigma), z, mask_id, temperature), z, sigma)
+
+
 def sample_categorical(probs: torch.Tensor, generator: torch.Generator | None, precision: str = "float64") -> torch.Tensor:
     """One index per row of probs [..., V] (non-negative, not necessarily normalised, positive sum).
 
@@ -242,7 +248,7 @@ def sample(model_fn, num_samples: int, seq_len: int, nfe: int, schedule: LogLine
 
     def denoise(z, i):
         sigma = torch.full((num_samples,), float(sigmas[i]), device=device, dtype=torch.float32)
-        return denoise_rows(lambda z, sigma: subs_log_probs(model_fn(z, sigma), z, mask_id, temperature), z, sigma)
+        return denoised_log_probs(model_fn, z, sigma, mask_id, temperature)
 
     z = torch.full((num_samples, seq_len), mask_id, dtype=torch.long, device=device)
     calls, log_p, log_p_is_current = 0, None, False

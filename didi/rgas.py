@@ -20,7 +20,8 @@ import time
 
 import torch
 
-from didi.diffusion import LogLinearSchedule, ancestral_step, denoise_rows, sample_categorical, subs_log_probs
+from didi.diffusion import (LogLinearSchedule, ancestral_step, denoised_log_probs, sample_categorical,
+                            subs_log_probs)
 
 
 @dataclasses.dataclass
@@ -70,8 +71,7 @@ def rgas_sample(model_fn, discriminator, num_samples: int, seq_len: int, nfe: in
 
     z = torch.full((num_samples, seq_len), mask_id, dtype=torch.long, device=device)
     for i in range(nfe):
-        log_p = denoise_rows(lambda z, sigma: subs_log_probs(model_fn(z, sigma), z, mask_id, temperature), z,
-                             sigma_at(i, num_samples))
+        log_p = denoised_log_probs(model_fn, z, sigma_at(i, num_samples), mask_id, temperature)
         calls += 1
         h = hs[i]
         if h is not None and h > 0 and (z == mask_id).any():
