@@ -69,7 +69,8 @@ class DistillState:
     dist: distributed.DistInfo = dataclasses.field(default_factory=distributed.DistInfo)
     iteration: int = 0
     history: dict = dataclasses.field(default_factory=dict)
-    # exact-likelihood world only (didi study): x [rows, L] -> true log-likelihood per token of each sample
+    # didi study only: x [rows, L] -> log-likelihood per token of each sample under its world (the exact chain's,
+    # or the judge's on text); logged against the reward (reward_exact_corr), the reward of reward_source "exact"
     exact_reward: Callable | None = None
 
 
@@ -158,9 +159,9 @@ def distill_step(state: DistillState, positives: torch.Tensor, generator) -> dic
     d_acc = dist.world_size * correct.double() / distributed.all_reduce_sum(judged).clamp(min=1)
     reward = reward_now() if reward is None else reward
     exact = state.exact_reward(roll["x"]) if state.exact_reward is not None else None
-    if method["reward_source"] == "exact":  # the study's oracle: the true likelihood in place of the estimate
+    if method["reward_source"] == "exact":  # the study's oracle: the likelihood in place of the estimate
         if exact is None:
-            raise ValueError("distill.method.reward_source 'exact' needs an exact-likelihood world (didi study)")
+            raise ValueError("distill.method.reward_source 'exact' needs a likelihood to reward with (didi study)")
         reward = exact
     # 7. grouped advantage (shuffle_advantages: the no-information control)
     advantage = objective.grouped_advantages(reward, G, distill_cfg["advantage_clip"])
@@ -185,7 +186,7 @@ def distill_step(state: DistillState, positives: torch.Tensor, generator) -> dic
         "reward": reward.mean().item(), "d_loss": d_loss.item(), "d_acc": d_acc.item(),
         "grad_norm": float(grad_norm), "logp": roll["logp"].mean().item(),
         "fake_mask_left": (roll["x"] == mask_id).float().mean().item(),
-        # how well the reward ranks a group's samples by their true likelihood (exact world only)
+        # how well the reward ranks a group's samples by the study world.s likelihood (didi study only)
         **({"reward_exact_corr": objective.within_group_correlation(reward, exact, G).item()}
            if exact is not None else {}),
     }

@@ -1,18 +1,22 @@
-"""`didi study`: the distillation study on the exact world (docs/distillation-study.md).
+"""`didi study`: the distillation study (docs/distillation-study.md), on the exact world or on a text corpus.
 
     didi study --configfile config.yaml --configfile presets/synthetic.yaml --results results/synthetic \
         --rows docs/study/rows.yaml --out docs/study --jobs 2
+    didi study --configfile config.yaml --results results --rows docs/study/sotu/rows.yaml --out docs/study/sotu
 
 A row is a set of overrides of the `distill` section (its `method` switches included) and a list of seeds. For
-each (row, seed) the synthetic preset's teacher is distilled with `distill.run_distillation`, exactly as the
+each (row, seed) the results directory's teacher is distilled with `distill.run_distillation`, exactly as the
 `distill` rule does, then the EMA and the raw student sample `samples` sequences at each K of `ks` (and K = L) and
-the chain itself scores them: true NLL per chain token (`synthetic.score_blocks`), unigram entropy per sample
-(`evaluate.entropy_stats`, as everywhere), and the entropy of each position's token distribution ACROSS samples,
-which falls when a sampler collapses onto a few sequences (per-sample unigram entropy does not see that).
-The teacher is scored the same way (row "teacher"), and so is the chain's exact denoiser (row "exact_denoiser"):
-sampled in K steps it carries the factorisation error alone, the best any denoiser reaches at K. Outputs:
-results.csv (one line per row, seed, model, K), histories.json (the per-iteration curves), table.md (means over
-seeds, the shares of the teacher's few-step gap NLL(teacher@K) - NLL(teacher@L) and of its denoiser error
+the world's likelihood scores them (`World`): on the exact world the chain itself (true NLL per chain token,
+`synthetic.score_blocks`), on a text corpus the workflow's judge (NLL per judged token, the log of gen-PPL, by the
+evaluation's own `evaluate.gen_ppl`). Beside it: unigram entropy per sample (`evaluate.entropy_stats`, as
+everywhere) and the entropy of each position's token distribution ACROSS samples, which falls when a sampler
+collapses onto a few sequences (per-sample unigram entropy does not see that). The same likelihood is the reward of
+`reward_source: exact` (the oracle row) and what the logged `reward_exact_corr` correlates the reward with.
+The teacher is scored the same way (row "teacher"), and on the exact world the chain's exact denoiser too (row
+"exact_denoiser"): sampled in K steps it carries the factorisation error alone, the best any denoiser reaches at K.
+Outputs: results.csv (one line per row, seed, model, K), histories.json (the per-iteration curves), table.md (means
+over seeds, the shares of the teacher's few-step gap NLL(teacher@K) - NLL(teacher@L) and of its denoiser error
 NLL(teacher@K) - NLL(exact@K) each row closes) and dynamics.png.
 """
 
@@ -20,18 +24,20 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import dataclasses
 import json
 import logging
 import os
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pandas as pd
 import torch
 import yaml
 
-from didi import config, evaluate, io, synthetic
+from didi import config, data, evaluate, io, synthetic
 from didi.diffusion import LogLinearSchedule, sample
 from didi.distill import run_distillation
 from didi.distill_cli import load_positives
@@ -50,23 +56,38 @@ def positional_entropy(ids: np.ndarray) -> float:
     return float(np.mean(out))
 
 
-def score(ids: np.ndarray, world: synthetic.MarkovWorld, floor: float) -> dict:
-    scored = synthetic.score_blocks(world, ids, floor)
-    return {"nll": float(scored["nll"].sum() / scored["tokens"].sum()), "invalid": int(scored["invalid"].sum()),
-            "entropy": evaluate.entropy_stats(ids)["entropy"], "positional_entropy": positional_entropy(ids)}
+@dataclasses.dataclass
+class World:
+    """What a study measures against: the teacher, and a likelihood of token blocks, ids [n, L] ->
+    {"nll" [n] sums (nats), "tokens" [n] scored tokens, "invalid" [n]}: the chain's, or the judge's."""
+    teacher: torch.nn.Module
+    mask_id: int
+    likelihood: Callable[[np.ndarray], dict]
+    references: dict  # rows scored without training: name -> (model column, model)
+
+    def reward(self, x: torch.Tensor) -> torch.Tensor:
+        """Log-likelihood per scored token of each sample [rows] (the oracle's reward)."""
+        scored = self.likelihood(x.cpu().numpy())
+        return torch.as_tensor(-scored["nll"] / np.maximum(scored["tokens"], 1), dtype=torch.float32,
+                               device=x.device)
+
+    def score(self, ids: np.ndarray) -> dict:
+        scored = self.likelihood(ids)
+        return {"nll": float(scored["nll"].sum() / scored["tokens"].sum()), "invalid": int(scored["invalid"].sum()),
+                "entropy": evaluate.entropy_stats(ids)["entropy"], "positional_entropy": positional_entropy(ids)}
 
 
 @torch.no_grad()
-def score_model(model, cfg: dict, ks: list[int], n: int, world, floor: float, mask_id: int) -> dict:
+def score_model(model, cfg: dict, ks: list[int], n: int, world: World) -> dict:
     """{K: score} of n samples at each K; the same noise for every model at a K (common random numbers)."""
     model.eval()
     seq_len, out = cfg["data"]["seq_len"], {}
     for k in ks:
         generator = torch.Generator().manual_seed(cfg["seed"] + k)
-        ids = sample(model, n, seq_len, k, LogLinearSchedule(cfg["diffusion"]["eps"]), mask_id,
+        ids = sample(model, n, seq_len, k, LogLinearSchedule(cfg["diffusion"]["eps"]), world.mask_id,
                      generator, precision=cfg["diffusion"]["sampling_precision"], cache=False,
                      t_end=cfg["diffusion"]["sampling_t_end"]).ids
-        out[k] = score(ids.numpy(), world, floor)
+        out[k] = world.score(ids.numpy())
     return out
 
 
@@ -81,16 +102,37 @@ def row_config(cfg: dict, overrides: dict) -> tuple[dict, dict]:
     return distill_cfg, method
 
 
-def load_world(cfg: dict, results: Path):
-    """(teacher, mask_id, chain, floor) of the synthetic preset's results directory."""
-    from transformers import AutoTokenizer
+def reference_rows(cfg: dict) -> list[str]:
+    """Rows scored without training: the teacher, and on a first-order exact world the chain's exact denoiser (it is
+    written for first-order chains)."""
+    chain = cfg["corpus"]["source"] == synthetic.SOURCE and synthetic.spec_from_corpus(cfg["corpus"]).order == 1
+    return ["teacher", "exact_denoiser"] if chain else ["teacher"]
 
+
+def load_world(cfg: dict, results: Path) -> World:
+    """The World of a results directory: the exact world's chain (corpus.source synthetic:markov), else the
+    workflow's judge (results/judge), which scores the decoded samples as `didi evaluate` does."""
     teacher, _ = load_dit(results / "teacher" / "ema")
     tokenizer_dir = results / "tokenizer"
-    mask_id = mask_id_of(teacher, AutoTokenizer.from_pretrained(str(tokenizer_dir)), results / "teacher" / "ema",
-                         tokenizer_dir)
-    world = synthetic.MarkovWorld(synthetic.spec_from_corpus(cfg["corpus"]))
-    return teacher, mask_id, world, synthetic.invalid_log_prob(world.spec)
+    tokenizer = data.load_pretrained_tokenizer(str(tokenizer_dir))
+    mask_id = mask_id_of(teacher, tokenizer, results / "teacher" / "ema", tokenizer_dir)
+    references = {"teacher": ("teacher", teacher)}
+    if cfg["corpus"]["source"] == synthetic.SOURCE:
+        chain = synthetic.MarkovWorld(synthetic.spec_from_corpus(cfg["corpus"]))
+        floor = synthetic.invalid_log_prob(chain.spec)
+        if "exact_denoiser" in reference_rows(cfg):  # state_tokenizer: EOS = V
+            references["exact_denoiser"] = ("exact", synthetic.ExactDenoiser(chain, cfg["data"]["seq_len"], mask_id,
+                                                                             chain.vocab_size))
+        return World(teacher, mask_id, lambda ids: synthetic.score_blocks(chain, ids, floor), references)
+    judge, judge_tokenizer, _ = evaluate.load_judge(results / "judge")
+    evaluation = cfg["evaluation"]
+
+    def judge_likelihood(ids: np.ndarray) -> dict:
+        scored = evaluate.gen_ppl(data.decode(tokenizer, ids), judge, judge_tokenizer, evaluation["batch_size"],
+                                  evaluation["eos_policy"], max_length=cfg["data"]["seq_len"])
+        return {"nll": scored["nll"], "tokens": scored["tokens"], "invalid": np.zeros(len(ids), dtype=np.int64)}
+
+    return World(teacher, mask_id, judge_likelihood, references)
 
 
 def row_positives(results: Path, method: dict) -> np.ndarray:
@@ -99,32 +141,20 @@ def row_positives(results: Path, method: dict) -> np.ndarray:
                           method["positives"])
 
 
-# rows scored without training (name -> model column): the teacher, and the data's exact denoiser, which sampled in
-# K steps shows the factorisation error alone, i.e. the best any denoiser reaches at K (synthetic.ExactDenoiser)
-REFERENCE_ROWS = {"teacher": "teacher", "exact_denoiser": "exact"}
-
-
 def run_one(cfg: dict, results: Path, name: str, overrides: dict, seed: int, ks: list[int], n: int) -> dict:
     torch.set_num_threads(1)
-    teacher, mask_id, world, floor = load_world(cfg, results)
-    if name in REFERENCE_ROWS:  # nothing to train: the teacher, or the data's own denoiser (state_tokenizer: EOS = V)
-        model = teacher if name == "teacher" else synthetic.ExactDenoiser(world, cfg["data"]["seq_len"], mask_id,
-                                                                           world.vocab_size)
-        return {"name": name, "seed": seed, "scores": {REFERENCE_ROWS[name]: score_model(model, cfg, ks, n, world,
-                                                                                          floor, mask_id)},
-                "history": {}}
+    world = load_world(cfg, results)
+    if name in world.references:  # nothing to train: the teacher, or the data's own denoiser
+        column, model = world.references[name]
+        return {"name": name, "seed": seed, "scores": {column: score_model(model, cfg, ks, n, world)}, "history": {}}
     distill_cfg, method = row_config(cfg, overrides)
     positives = row_positives(results, method)
     start = time.perf_counter()
-    def exact_reward(x: torch.Tensor) -> torch.Tensor:  # true log-likelihood per chain token of each sample
-        scored = synthetic.score_blocks(world, x.cpu().numpy(), floor)
-        return torch.as_tensor(-scored["nll"] / scored["tokens"], dtype=torch.float32, device=x.device)
-
-    state = run_distillation(teacher, positives, distill_cfg, method, LogLinearSchedule(cfg["diffusion"]["eps"]),
-                             mask_id, seed, progress=False, exact_reward=exact_reward)
+    state = run_distillation(world.teacher, positives, distill_cfg, method, LogLinearSchedule(cfg["diffusion"]["eps"]),
+                             world.mask_id, seed, progress=False, exact_reward=world.reward)
     seconds = time.perf_counter() - start
-    scores = {m: score_model(model, cfg, ks, n, world, floor, mask_id)
-              for m, model in (("ema", state.student_ema), ("raw", state.student))}
+    scores = {m: score_model(model, cfg, ks, n, world) for m, model in (("ema", state.student_ema),
+                                                                        ("raw", state.student))}
     log.info("%s seed %d: %.0f s, EMA NLL %s", name, seed, seconds,
              " ".join(f"K{k}={v['nll']:.3f}" for k, v in scores["ema"].items()))
     history = {k: v for k, v in state.history.items() if k != "resumed_from_iteration"}
@@ -159,7 +189,7 @@ def gap_table(frame: pd.DataFrame, ks: list[int], seq_len: int) -> pd.DataFrame:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     config.add_arguments(p)
-    p.add_argument("--results", required=True, help="results directory of the synthetic preset (teacher, tokens)")
+    p.add_argument("--results", required=True, help="the workflow's results directory (teacher, tokens; judge on a text corpus)")
     p.add_argument("--rows", required=True,
                    help="YAML: {ks: [...], samples: N, base: {overrides}, rows: {name: {seeds, overrides}}}")
     p.add_argument("--out", required=True)
@@ -169,15 +199,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     cfg = config.from_args(args)
-    if cfg["corpus"]["source"] != synthetic.SOURCE:
-        raise config.ConfigError(f"didi study needs the exact world (corpus.source {synthetic.SOURCE!r}), "
-                                 f"got {cfg['corpus']['source']!r}")
     spec = yaml.safe_load(Path(args.rows).read_text())
     seq_len = cfg["data"]["seq_len"]
     ks = sorted(set(spec["ks"]) | {seq_len})
     base = spec.get("base", {})  # overrides every row starts from (a row's own go on top)
-    references = [name for name in REFERENCE_ROWS  # the exact denoiser is written for first-order chains
-                  if name != "exact_denoiser" or synthetic.spec_from_corpus(cfg["corpus"]).order == 1]
+    references = reference_rows(cfg)
     jobs = [(name, {}, cfg["seed"]) for name in references] + [
         (name, config.deep_merge(base, row.get("overrides") or {}), seed)
         for name, row in spec["rows"].items() for seed in row["seeds"]]
@@ -203,7 +229,7 @@ def run(args: argparse.Namespace) -> int:
             with io.atomic_path(csv) as tmp:  # after every row: a long study loses nothing when stopped
                 lines.to_csv(tmp, index=False)
             io.write_json(histories_path, histories, indent=None)  # compact: 5,000-iteration curves per row
-    order = list(REFERENCE_ROWS) + list(spec["rows"])
+    order = references + list(spec["rows"])
     lines["order"] = lines.name.map({n: i for i, n in enumerate(order)})
     table = gap_table(lines.sort_values(["order", "seed"]), ks, seq_len)
     io.write_text(out / "table.md", table.to_markdown(index=False, floatfmt=".3f") + "\n")

@@ -699,7 +699,7 @@ def test_exact_reward_replaces_the_discriminator_and_its_correlation_is_logged()
         assert len(corr) == 2 and all(-1 <= c <= 1 for c in corr)
         if source == "exact":
             assert corr == pytest.approx([1.0, 1.0])
-    with pytest.raises(ValueError, match="exact-likelihood world"):
+    with pytest.raises(ValueError, match="needs a likelihood"):
         run_distillation(tiny_teacher(), tokens, cfg["distill"], {**method, "reward_source": "exact"}, SCHED, 11,
                          seed=3, progress=False)
 

@@ -5,6 +5,7 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from didi import config, study
 
@@ -49,3 +50,38 @@ def test_row_overrides_merge_and_unknown_keys_are_named():
         study.row_config(cfg, {"studnet_lr": 1e-5})
     with pytest.raises(config.ConfigError, match="tau_per_gruop"):
         study.row_config(cfg, {"method": {"tau_per_gruop": True}})
+
+
+@pytest.mark.slow
+def test_study_on_a_text_corpus_scores_with_the_workflow_judge(smoke_run, tmp_path):
+    """On a text corpus the study's likelihood is the DAG's judge: it scores a sample file exactly as `didi evaluate`
+    did (log gen-PPL), and the oracle row's reward is that likelihood (its logged correlation with it is 1)."""
+    import json
+    import subprocess
+
+    from conftest import REPO, SMOKE, subprocess_env, venv_bin
+
+    cfg = config.load([REPO / "config.yaml", REPO / "presets" / "smoke.yaml"], {"results": str(smoke_run)})
+    world = study.load_world(cfg, smoke_run)
+    assert list(world.references) == ["teacher"] == study.reference_rows(cfg)  # no exact denoiser on text
+    stem = "teacher/ancestral_float64_nfe32_T1.00"
+    evaluated = json.loads((smoke_run / "eval" / f"{stem}.json").read_text())
+    ids = np.load(smoke_run / "samples" / f"{stem}.npy")
+    assert world.score(ids)["nll"] == pytest.approx(math.log(evaluated["gen_ppl"]), rel=1e-9)
+    per_token = -np.asarray(evaluated["per_sample_nll"]) / np.asarray(evaluated["per_sample_tokens"])
+    assert world.reward(torch.as_tensor(ids.astype(np.int64))).numpy() == pytest.approx(per_token, rel=1e-5)
+
+    rows = tmp_path / "rows.yaml"
+    rows.write_text("ks: [4]\nsamples: 8\nbase: {iterations: 4}\n"
+                    "rows:\n  oracle_judge_reward: {overrides: {method: {reward_source: exact}}, seeds: [0]}\n")
+    out = tmp_path / "study"
+    subprocess.run([venv_bin("didi"), "study", "--configfile", SMOKE[1], "--configfile", SMOKE[2],
+                    "--results", str(smoke_run), "--rows", str(rows), "--out", str(out)],
+                   check=True, env=subprocess_env(), cwd=REPO, timeout=600)
+    lines = pd.read_csv(out / "results.csv")
+    assert set(zip(lines.name, lines.model)) == {("teacher", "teacher"), ("oracle_judge_reward", "ema"),
+                                                 ("oracle_judge_reward", "raw")}
+    assert sorted(lines.K.unique()) == [4, 32] and (lines.invalid == 0).all()
+    history = json.loads((out / "histories.json").read_text())["oracle_judge_reward/0"]
+    assert len(history["reward_exact_corr"]) == 4 and np.allclose(history["reward_exact_corr"], 1.0, atol=1e-4)
+    assert (out / "table.md").read_text().count("oracle_judge_reward") == 2  # EMA and raw
