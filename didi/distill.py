@@ -186,7 +186,7 @@ def distill_step(state: DistillState, positives: torch.Tensor, generator) -> dic
         "reward": reward.mean().item(), "d_loss": d_loss.item(), "d_acc": d_acc.item(),
         "grad_norm": float(grad_norm), "logp": roll["logp"].mean().item(),
         "fake_mask_left": (roll["x"] == mask_id).float().mean().item(),
-        # how well the reward ranks a group's samples by the study world.s likelihood (didi study only)
+        # how well the reward ranks a group's samples by the study world's likelihood (didi study only)
         **({"reward_exact_corr": objective.within_group_correlation(reward, exact, G).item()}
            if exact is not None else {}),
     }

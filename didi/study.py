@@ -126,6 +126,7 @@ def load_world(cfg: dict, results: Path) -> World:
         return World(teacher, mask_id, lambda ids: synthetic.score_blocks(chain, ids, floor), references)
     judge, judge_tokenizer, _ = evaluate.load_judge(results / "judge")
     evaluation = cfg["evaluation"]
+    logging.getLogger("didi.evaluate").setLevel(logging.WARNING)  # no progress lines for every iteration's reward
 
     def judge_likelihood(ids: np.ndarray) -> dict:
         scored = evaluate.gen_ppl(data.decode(tokenizer, ids), judge, judge_tokenizer, evaluation["batch_size"],
