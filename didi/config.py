@@ -196,7 +196,7 @@ STEPS: dict[str, tuple[tuple[str, ...], dict[str, tuple[str, ...] | str]]] = {
         ("seed", "diffusion", "distill", "wandb"),
         {"diffusion": ("sampling_t_end", "sampling_precision", "cache"),  # the rollout has distill.rollout_precision
          "distill": ("log_every", "checkpoint_every", "nfe", "run", "rgas", "method", "variants",
-                     "teacher_pool_size", "teacher_pool_nfe"),
+                     "teacher_pool_size", "teacher_pool_nfe", "student_weights"),
          "wandb": ALL},
     ),
     # the AR baseline: the teacher's budget and recipe (not its cadence nor its DiT-only switches)

@@ -40,7 +40,7 @@ log = logging.getLogger("didi.distill")
 
 # keys of cfg["distill"] that do not change the trajectory: a checkpoint stays valid when only they change
 NON_TRAJECTORY_KEYS = ("iterations", "log_every", "checkpoint_every", "nfe", "run", "variants", "rgas",
-                       "teacher_pool_size", "teacher_pool_nfe")
+                       "teacher_pool_size", "teacher_pool_nfe", "student_weights")
 # streams of seeds, runtime.seed(config seed, STREAM, ...): each kind of draw has its own
 SHARED_ROWS, GROUP_NOISE, DROPOUT, DISCRIMINATOR_INIT = 0, 1, 2, 3
 RUN_KEYS = ("seconds_this_run", "iterations_this_run", "resumed_from_iteration")  # not per-iteration curves

@@ -102,6 +102,10 @@ def test_edits_rerun_only_the_steps_whose_outputs_they_change(tmp_path):
         "sample": 1, "evaluate": 1, **after}
     assert planned_jobs(tmp_path, results, SMOKE, "sampling:\n  nfe: [4, 8, 32]\n") == {
         "sample": 1, "evaluate": 1, **after}
+    # which student weights are sampled: every student file (3 variants + 1 RGAS at one NFE), no teacher file, no
+    # distillation (the run wrote both weights)
+    assert planned_jobs(tmp_path, results, SMOKE, "distill:\n  student_weights: ema\n") == {
+        "sample": 4, "evaluate": 4, **after}
     retrain = planned_jobs(tmp_path, results, SMOKE, "teacher:\n  lr: 1.0e-3\n")
     assert retrain["train_teacher"] == 1 and retrain["distill"] >= 1 and retrain["teacher_pool"] == 1
 

@@ -180,9 +180,14 @@ def parent_of(key, of="output"):
     return directory_of
 
 
+def student_dir():
+    """Which weights of a distilled student the sampling rules read (distill.student_weights): the EMA or raw."""
+    return "student" if config["distill"]["student_weights"] == "ema" else "student_raw"
+
+
 def sample_inputs(wildcards):
-    """Generator weights (+ discriminator for RGAS) of the model a sample file comes from; for model "exact" the
-    exact judge's chain."""
+    """Generator weights (+ discriminator for RGAS) of the model a sample file comes from: the teacher's
+    sampling.weights, a student's distill.student_weights; for model "exact" the exact judge's chain."""
     weights = config["sampling"]["weights"]
     if wildcards.model == "exact":  # the chain, as judge.json records it
         return {"model": rules.train_judge.output.judge, "tokenizer": f"{R}/tokenizer"}
@@ -193,8 +198,7 @@ def sample_inputs(wildcards):
         }
     else:
         run = f"{R}/distill/{wildcards.model.removeprefix('student-')}"
-        student = "student" if weights == "ema" else "student_raw"
-        inputs = {"model": f"{run}/{student}", "metrics": f"{run}/metrics.json"}
+        inputs = {"model": f"{run}/{student_dir()}", "metrics": f"{run}/metrics.json"}
         if wildcards.sampler == "rgas":
             inputs["discriminator"] = f"{run}/discriminator"
     return {**inputs, "tokenizer": f"{R}/tokenizer"}
@@ -230,6 +234,6 @@ def bench_inputs(wildcards):
     }
     guided = config["distill"]["rgas"]["variants"]
     if guided:
-        inputs["student"] = f"{R}/distill/{guided[0]}/student"
+        inputs["student"] = f"{R}/distill/{guided[0]}/{student_dir()}"
         inputs["discriminator"] = f"{R}/distill/{guided[0]}/discriminator"
     return inputs
