@@ -187,7 +187,8 @@ def student_dir():
 
 def sample_inputs(wildcards):
     """Generator weights (+ discriminator for RGAS) of the model a sample file comes from: the teacher's
-    sampling.weights, a student's distill.student_weights; for model "exact" the exact judge's chain."""
+    sampling.weights, a student's distill.student_weights; for model "exact" the exact judge's chain.
+    """
     weights = config["sampling"]["weights"]
     if wildcards.model == "exact":  # the chain, as judge.json records it
         return {"model": rules.train_judge.output.judge, "tokenizer": f"{R}/tokenizer"}
