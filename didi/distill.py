@@ -15,8 +15,9 @@ One iteration (`distill_step`):
 
 The objective's pieces are plain functions in didi/objective.py; here are the state, the step that strings them
 together (`distill_step`, the steps above numbered in it) and the loop with checkpoints (`run_distillation`); the
-`didi distill` command (files in, files out) is didi/distill_cli.py. The core works on any denoiser `model(z [B,L], sigma [B]) -> logits [B,L,V+1]` and any discriminator
-`D(z, sigma) -> [B,L]`, so tests can run it on a toy world whose answers are known exactly.
+`didi distill` command (files in, files out) is didi/distill_cli.py. The core works on any denoiser
+`model(z [B,L], sigma [B]) -> logits [B,L,V+1]` and any discriminator `D(z, sigma) -> [B,L]`, so tests can run it
+on a toy world whose answers are known exactly.
 DDP: every draw of a row comes from its global group's generator (seed, iteration, group) and masked-position means
 use counts summed over ranks, so N ranks reproduce one process on the same global batch (with dropout 0).
 """

@@ -190,7 +190,8 @@ def gap_table(frame: pd.DataFrame, ks: list[int], seq_len: int) -> pd.DataFrame:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     config.add_arguments(p)
-    p.add_argument("--results", required=True, help="the workflow's results directory (teacher, tokens; judge on a text corpus)")
+    p.add_argument("--results", required=True,
+                   help="the workflow's results directory (teacher, tokens; on a text corpus the judge)")
     p.add_argument("--rows", required=True,
                    help="YAML: {ks: [...], samples: N, base: {overrides}, rows: {name: {seeds, overrides}}}")
     p.add_argument("--out", required=True)
