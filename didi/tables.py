@@ -411,7 +411,7 @@ DYNAMICS = [  # (history key of distill metrics.json, panel title)
     ("reward", "reward (discriminator log-odds)"), ("d_acc", "discriminator accuracy"),
     ("d_loss", "discriminator loss"), ("pg_loss", "policy-gradient loss"), ("kl", "KL to the teacher"),
     ("entropy", "student entropy"), ("grad_norm", "student grad norm"),
-    ("reward_exact_corr", "reward vs true likelihood (exact world: within-group corr.)"),
+    ("reward_exact_corr", "reward vs likelihood (chain or judge; within-group corr.)"),
 ]
 
 
