@@ -126,7 +126,6 @@ def load_world(cfg: dict, results: Path) -> World:
         return World(teacher, mask_id, lambda ids: synthetic.score_blocks(chain, ids, floor), references)
     judge, judge_tokenizer, _ = evaluate.load_judge(results / "judge")
     evaluation = cfg["evaluation"]
-    logging.getLogger("didi.evaluate").setLevel(logging.WARNING)  # no progress lines for every iteration's reward
 
     def judge_likelihood(ids: np.ndarray) -> dict:
         scored = evaluate.gen_ppl(data.decode(tokenizer, ids), judge, judge_tokenizer, evaluation["batch_size"],
@@ -144,6 +143,7 @@ def row_positives(results: Path, method: dict) -> np.ndarray:
 
 def run_one(cfg: dict, results: Path, name: str, overrides: dict, seed: int, ks: list[int], n: int) -> dict:
     torch.set_num_threads(1)
+    logging.getLogger("didi.evaluate").setLevel(logging.WARNING)  # no judge progress line for every reward
     world = load_world(cfg, results)
     if name in world.references:  # nothing to train: the teacher, or the data's own denoiser
         column, model = world.references[name]
