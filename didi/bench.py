@@ -227,7 +227,7 @@ def bench_rgas(cfg: dict, model: torch.nn.Module, discriminator: torch.nn.Module
                num_samples: int) -> dict:
     """Wall-clock of RGAS at `nfe` (h schedule, M and split per config), after a short warm-up."""
     from didi.diffusion import LogLinearSchedule
-    from didi.rgas import rgas_sample
+    from didi.rgas import guidance, rgas_sample
 
     device = next(model.parameters()).device
     diffusion_cfg, rgas = cfg["diffusion"], cfg["distill"]["rgas"]
@@ -237,8 +237,8 @@ def bench_rgas(cfg: dict, model: torch.nn.Module, discriminator: torch.nn.Module
         gen = torch.Generator(device=device).manual_seed(cfg["seed"])
         return rgas_sample(model, discriminator, num_samples, model.config.seq_len, k,
                            LogLinearSchedule(diffusion_cfg["eps"]), mask_id, gen, device,
-                           diffusion_cfg["sampling_precision"], rgas["h_start"], rgas["h_end"], rgas["candidates"],
-                           rgas["tilt_fraction"], 1.0, diffusion_cfg["sampling_t_end"])
+                           diffusion_cfg["sampling_precision"], temperature=1.0,
+                           t_end=diffusion_cfg["sampling_t_end"], **guidance(rgas))
 
     run(2)  # warm-up
     result = run(nfe)

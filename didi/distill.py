@@ -130,10 +130,14 @@ def distill_step(state: DistillState, positives: torch.Tensor, generator) -> dic
     # first rewards come from a discriminator that already tells its samples from the positives)
     student_iteration = state.iteration - distill_cfg["discriminator_warmup"]
     student_moves = student_iteration >= 0
-    for opt, lr, step in ((state.opt_student, distill_cfg["student_lr"], max(student_iteration, 0)),
-                          (state.opt_disc, distill_cfg["discriminator_lr"], state.iteration)):
+    # lr_schedule linear_decay (the authors' code): both rates fall linearly to ~0 at the end of their own steps
+    decay = distill_cfg["lr_schedule"] == "linear_decay"
+    for opt, lr, step, steps in (
+            (state.opt_student, distill_cfg["student_lr"], max(student_iteration, 0), distill_cfg["iterations"]),
+            (state.opt_disc, distill_cfg["discriminator_lr"], state.iteration,
+             distill_cfg["iterations"] + distill_cfg["discriminator_warmup"])):
         for group in opt.param_groups:
-            group["lr"] = runtime.warmup_lr(step, lr, distill_cfg["warmup_steps"])
+            group["lr"] = runtime.warmup_lr(step, lr, distill_cfg["warmup_steps"], steps if decay else None)
     # 2-3. time and student rollout
     tau, pi = objective.draw_tau(rows, method, distill_cfg["tau_clip"], generator, device, G)
     with torch.set_grad_enabled(student_moves):
@@ -199,6 +203,8 @@ def resume_identity(distill_cfg: dict, method: dict, seed: int, teacher: nn.Modu
     resume), fingerprints of the teacher's weights and of the positives (a retrained teacher starts afresh), and
     the code."""
     keep = {k: v for k, v in distill_cfg.items() if k not in NON_TRAJECTORY_KEYS and k != "method"}
+    if distill_cfg["lr_schedule"] != "constant":  # the decay's length is part of every step's learning rate
+        keep["iterations"] = distill_cfg["iterations"]
     with torch.no_grad():
         teacher_sums = [round(float(p.double().sum()), 6) for p in teacher.parameters()]
     head = np.asarray(positives[:256]).astype(np.int64)

@@ -7,6 +7,8 @@ The K-step ancestral sampler of `didi.diffusion.sample`, with the discriminator 
   softmax(logits + h_i g), h_i rising linearly from h_start to h_end over these steps.
 - the remaining steps, re-ranking: M candidate next states; each scored by D at the NEXT noise level (sum of
   logits over all positions); one is chosen by SAMPLING from softmax(scores), not argmax.
+`reading` "code" is the authors' pre-release code instead: h runs linearly from h_start to h_end over ALL K steps
+and a re-ranking step draws from softmax(h_i x scores) (its defaults there: h 0.2 -> 1.0, M = 1).
 Observed tokens are never changed (ancestral_step copies them; the tilt is zero there). Draws go through the same
 `ancestral_step` and generator as the plain sampler, and h = 0 needs no D call and M = 1 no choice, so with
 h = 0 and M = 1 RGAS draws exactly what `diffusion.sample` draws for the same seed.
@@ -34,11 +36,31 @@ class RGASResult:
     disc_backward_calls: int   # discriminator backward passes (tilting)
 
 
-def h_schedule(nfe: int, tilt_fraction: float, h_start: float, h_end: float) -> list[float]:
-    """Guidance strength per step: linear from h_start to h_end over the tilting steps (i < tilt_fraction * K),
-    None for the re-ranking steps."""
-    n_tilt = math.ceil(tilt_fraction * nfe - 1e-9)
-    return [h_start + (h_end - h_start) * i / max(1, n_tilt - 1) if i < n_tilt else None for i in range(nfe)]
+READINGS = ("paper", "code")
+GUIDANCE_KEYS = ("h_start", "h_end", "candidates", "tilt_fraction", "reading")
+
+
+def guidance(rgas_cfg: dict) -> dict:
+    """rgas_sample's guidance keywords from a config's distill.rgas section."""
+    return {key: rgas_cfg[key] for key in GUIDANCE_KEYS}
+
+
+def tilting_steps(nfe: int, tilt_fraction: float) -> int:
+    """The first ceil(tilt_fraction * K) steps tilt; the rest re-rank."""
+    return math.ceil(tilt_fraction * nfe - 1e-9)
+
+
+def h_schedule(nfe: int, tilt_fraction: float, h_start: float, h_end: float, reading: str = "paper") -> list:
+    """Guidance strength per step. "paper": linear from h_start to h_end over the tilting steps, None for the
+    re-ranking steps (they draw from softmax(scores)). "code" (the authors' pre-release code): linear from h_start
+    at step 0 to h_end at step K - 1 over ALL steps; a tilting step tilts with its h, a re-ranking step draws from
+    softmax(h x scores)."""
+    n_tilt = tilting_steps(nfe, tilt_fraction)
+    if reading == "paper":
+        return [h_start + (h_end - h_start) * i / max(1, n_tilt - 1) if i < n_tilt else None for i in range(nfe)]
+    if reading == "code":
+        return [h_start + (h_end - h_start) * i / max(1, nfe - 1) for i in range(nfe)]
+    raise ValueError(f"unknown RGAS reading {reading!r} (known: {', '.join(READINGS)})")
 
 
 def tilt_direction(discriminator, log_p: torch.Tensor, z: torch.Tensor, sigma: torch.Tensor, mask_id: int):
@@ -57,13 +79,14 @@ def tilt_direction(discriminator, log_p: torch.Tensor, z: torch.Tensor, sigma: t
 def rgas_sample(model_fn, discriminator, num_samples: int, seq_len: int, nfe: int, schedule: LogLinearSchedule,
                 mask_id: int, generator: torch.Generator | None, device="cpu", precision: str = "float64",
                 h_start: float = 30.0, h_end: float = 40.0, candidates: int = 4, tilt_fraction: float = 0.5,
-                temperature: float = 1.0, t_end: float = 1e-5) -> RGASResult:
-    """K = nfe RGAS steps from all-[MASK] on schedule.grid(K, t_end), then MDLM's argmax noise removal."""
+                temperature: float = 1.0, t_end: float = 1e-5, reading: str = "paper") -> RGASResult:
+    """K = nfe RGAS steps from all-[MASK] on schedule.grid(K, t_end), then MDLM's argmax noise removal.
+    reading: how h is scheduled and whether it scales the re-ranking (h_schedule)."""
     device = torch.device(device)
     start = time.perf_counter()
     times = schedule.grid(nfe, t_end)
     alphas, sigmas = schedule.alpha(times), schedule.sigma(times)
-    hs = h_schedule(nfe, tilt_fraction, h_start, h_end)
+    hs, n_tilt = h_schedule(nfe, tilt_fraction, h_start, h_end, reading), tilting_steps(nfe, tilt_fraction)
     calls = d_forward = d_backward = 0
 
     def sigma_at(i: int, rows: int) -> torch.Tensor:
@@ -73,12 +96,12 @@ def rgas_sample(model_fn, discriminator, num_samples: int, seq_len: int, nfe: in
     for i in range(nfe):
         log_p = denoised_log_probs(model_fn, z, sigma_at(i, num_samples), mask_id, temperature)
         calls += 1
-        h = hs[i]
-        if h is not None and h > 0 and (z == mask_id).any():
+        h, tilting = hs[i], i < n_tilt
+        if tilting and h > 0 and (z == mask_id).any():
             g = tilt_direction(discriminator, log_p, z, sigma_at(i, num_samples), mask_id)
             d_forward, d_backward = d_forward + 1, d_backward + 1
             log_p = (log_p + h * g.to(log_p.dtype)).log_softmax(-1)  # -inf entries stay -inf; observed rows unchanged
-        if h is not None or candidates <= 1:
+        if tilting or candidates <= 1:
             z = ancestral_step(log_p, z, alphas[i], alphas[i + 1], mask_id, generator, precision)
             continue
         # re-ranking: M candidates per sample (rows b*M .. b*M+M-1), scored at the next noise level
@@ -87,6 +110,8 @@ def rgas_sample(model_fn, discriminator, num_samples: int, seq_len: int, nfe: in
         cand = ancestral_step(log_p.repeat_interleave(M, dim=0), z_rep, alphas[i], alphas[i + 1], mask_id,
                               generator, precision)
         scores = discriminator(cand, sigma_at(i + 1, num_samples * M)).float().sum(dim=1).view(num_samples, M)
+        if h is not None:  # the code's reading: softmax(h x scores)
+            scores = h * scores
         d_forward += 1
         choice = sample_categorical(torch.softmax(scores.double(), dim=-1), generator, precision)
         z = cand.view(num_samples, M, seq_len)[torch.arange(num_samples, device=device), choice]

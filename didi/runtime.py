@@ -2,7 +2,7 @@
 
 - `seed` / `generator`: the one seed stream. A draw's seed is a stable function of integers (config seed, stream,
   step, ...), so a resumed or multi-process run draws exactly what an uninterrupted one-process run draws.
-- `warmup_lr`: linear warm-up to the base learning rate, then constant.
+- `warmup_lr`: linear warm-up to the base learning rate, then constant (or linear decay over the run).
 - `ema_update`: the float32 EMA of a model's parameters (with or without MDLM's decay warm-up).
 - `save_checkpoint` / `resume`: checkpoint directories `root/step_NNNNNNNNN/` and the identity a checkpoint must
   share with the run to be resumed: the caller's trajectory-shaping parts plus the version of the code.
@@ -38,9 +38,14 @@ def generator(*parts: int, device: torch.device | str = "cpu") -> torch.Generato
 
 
 # ---------------------------------------------------------------------------------------------- optimisation
-def warmup_lr(step: int, lr: float, warmup_steps: int) -> float:
-    """Linear warm-up to `lr` over `warmup_steps` steps (step 0 gets lr / warmup_steps), then constant."""
-    return lr * min(1.0, (step + 1) / max(1, warmup_steps))
+def warmup_lr(step: int, lr: float, warmup_steps: int, decay_steps: int | None = None) -> float:
+    """Linear warm-up to `lr` over `warmup_steps` steps (step 0 gets lr / warmup_steps), then constant; or, with
+    `decay_steps` (the run's total steps), linear decay from `lr` after the warm-up towards 0 at step decay_steps
+    (floored at 1e-8, as the DiDi-Instruct authors' pre-release training code)."""
+    if step < warmup_steps or decay_steps is None:
+        return lr * min(1.0, (step + 1) / max(1, warmup_steps))
+    progress = (step - warmup_steps) / max(1, decay_steps - warmup_steps)
+    return max(lr * (1.0 - progress), 1e-8)
 
 
 @torch.no_grad()

@@ -107,7 +107,7 @@ def sample_to_files(cfg: dict, model_dir: str | Path, tokenizer_dir: str | Path,
     discriminator, rgas = None, None
     if sampler == "rgas":
         from didi.discriminator import load_discriminator
-        from didi.rgas import rgas_sample
+        from didi.rgas import guidance, rgas_sample
 
         discriminator = load_discriminator(discriminator_dir, device)
         rgas = cfg["distill"]["rgas"]
@@ -124,8 +124,7 @@ def sample_to_files(cfg: dict, model_dir: str | Path, tokenizer_dir: str | Path,
                             temperature, t_end)
         else:
             result = rgas_sample(model, discriminator, n, seq_len, nfe, schedule, mask_id, gen, device,
-                                 precision, rgas["h_start"], rgas["h_end"], rgas["candidates"],
-                                 rgas["tilt_fraction"], temperature, t_end)
+                                 precision, temperature=temperature, t_end=t_end, **guidance(rgas))
             disc_forward += result.disc_forward_calls
             disc_backward += result.disc_backward_calls
         ids.append(result.ids.cpu())

@@ -42,6 +42,7 @@ from didi.diffusion import LogLinearSchedule, sample
 from didi.distill import run_distillation
 from didi.distill_cli import load_positives
 from didi.model import load_dit, mask_id_of
+from didi.rgas import guidance, rgas_sample
 
 log = logging.getLogger("didi.study")
 
@@ -78,17 +79,35 @@ class World:
 
 
 @torch.no_grad()
-def score_model(model, cfg: dict, ks: list[int], n: int, world: World) -> dict:
-    """{K: score} of n samples at each K; the same noise for every model at a K (common random numbers)."""
+def score_model(model, cfg: dict, ks: list[int], n: int, world: World, discriminator=None,
+                rgas: dict | None = None) -> dict:
+    """{K: score} of n samples at each K; the same noise for every model at a K (common random numbers).
+    With `rgas` (distill.rgas's guidance keys) and a discriminator the K-step sampler is RGAS (didi.rgas)."""
     model.eval()
     seq_len, out = cfg["data"]["seq_len"], {}
+    schedule, diffusion = LogLinearSchedule(cfg["diffusion"]["eps"]), cfg["diffusion"]
     for k in ks:
         generator = torch.Generator().manual_seed(cfg["seed"] + k)
-        ids = sample(model, n, seq_len, k, LogLinearSchedule(cfg["diffusion"]["eps"]), world.mask_id,
-                     generator, precision=cfg["diffusion"]["sampling_precision"], cache=False,
-                     t_end=cfg["diffusion"]["sampling_t_end"]).ids
+        if rgas is None:
+            ids = sample(model, n, seq_len, k, schedule, world.mask_id, generator,
+                         precision=diffusion["sampling_precision"], cache=False, t_end=diffusion["sampling_t_end"]).ids
+        else:
+            ids = rgas_sample(model, discriminator.eval(), n, seq_len, k, schedule, world.mask_id, generator,
+                              precision=diffusion["sampling_precision"], t_end=diffusion["sampling_t_end"],
+                              **guidance(rgas)).ids
         out[k] = world.score(ids.numpy())
     return out
+
+
+def rgas_settings(cfg: dict, spec: dict) -> dict:
+    """label -> RGAS guidance of a study spec's `rgas` entries, each on top of the config's distill.rgas."""
+    base = {k: v for k, v in cfg["distill"]["rgas"].items() if k != "variants"}
+    settings = {label: {**base, **(entry or {})} for label, entry in (spec.get("rgas") or {}).items()}
+    for label, entry in settings.items():
+        unknown = sorted(set(entry) - set(base))
+        if unknown:
+            raise config.ConfigError(f"study rgas {label!r}: unknown keys {unknown} (known: {sorted(base)})")
+    return settings
 
 
 def row_config(cfg: dict, overrides: dict) -> tuple[dict, dict]:
@@ -141,7 +160,12 @@ def row_positives(results: Path, method: dict) -> np.ndarray:
                           method["positives"])
 
 
-def run_one(cfg: dict, results: Path, name: str, overrides: dict, seed: int, ks: list[int], n: int) -> dict:
+def run_one(cfg: dict, results: Path, name: str, overrides: dict, seed: int, ks: list[int], n: int,
+            rgas: dict | None = None, rgas_ks: list[int] | None = None) -> dict:
+    """Distil one (row, seed) and score its EMA and raw students (and, for each of `rgas`'s settings, the student
+    of distill.student_weights and the teacher sampled by RGAS with the row's discriminator: models
+    `<weights>+rgas:<label>` and `teacher+rgas:<label>`, the second telling the guidance's share from the
+    student's), at each K of `rgas_ks` (default: `ks`)."""
     torch.set_num_threads(1)
     logging.getLogger("didi.evaluate").setLevel(logging.WARNING)  # no judge progress line for every reward
     world = load_world(cfg, results)
@@ -156,6 +180,11 @@ def run_one(cfg: dict, results: Path, name: str, overrides: dict, seed: int, ks:
     seconds = time.perf_counter() - start
     scores = {m: score_model(model, cfg, ks, n, world) for m, model in (("ema", state.student_ema),
                                                                         ("raw", state.student))}
+    weights = distill_cfg["student_weights"]
+    guided = state.student_ema if weights == "ema" else state.student
+    for label, settings in (rgas or {}).items():
+        for m, model in ((f"{weights}+rgas:{label}", guided), (f"teacher+rgas:{label}", world.teacher)):
+            scores[m] = score_model(model, cfg, rgas_ks or ks, n, world, state.discriminator, settings)
     log.info("%s seed %d: %.0f s, EMA NLL %s", name, seed, seconds,
              " ".join(f"K{k}={v['nll']:.3f}" for k, v in scores["ema"].items()))
     history = {k: v for k, v in state.history.items() if k != "resumed_from_iteration"}
@@ -205,6 +234,7 @@ def run(args: argparse.Namespace) -> int:
     seq_len = cfg["data"]["seq_len"]
     ks = sorted(set(spec["ks"]) | {seq_len})
     base = spec.get("base", {})  # overrides every row starts from (a row's own go on top)
+    rgas = rgas_settings(cfg, spec)  # RGAS settings every trained row is also scored with
     references = reference_rows(cfg)
     jobs = [(name, {}, cfg["seed"]) for name in references] + [
         (name, config.deep_merge(base, row.get("overrides") or {}), seed)
@@ -218,7 +248,8 @@ def run(args: argparse.Namespace) -> int:
     histories = io.read_json(histories_path) if histories_path.exists() else {}
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     with concurrent.futures.ProcessPoolExecutor(max_workers=args.jobs) as pool:
-        futures = [pool.submit(run_one, cfg, Path(args.results), name, overrides, seed, ks, spec["samples"])
+        futures = [pool.submit(run_one, cfg, Path(args.results), name, overrides, seed, ks, spec["samples"], rgas,
+                               spec.get("rgas_ks"))
                    for name, overrides, seed in jobs]
         for future in concurrent.futures.as_completed(futures):
             result = future.result()

@@ -709,3 +709,27 @@ def test_within_group_correlation_by_hand():
     b = torch.tensor([0.0, 1.0, 2.0, 5.0, 5.0, 6.0])
     assert objective.within_group_correlation(a, b, 3).item() == pytest.approx(1.0)
     assert objective.within_group_correlation(a, -b, 3).item() == pytest.approx(-1.0)
+
+
+def test_linear_decay_sets_each_iterations_rate_and_binds_a_checkpoint_to_the_runs_length(tmp_path):
+    """lr_schedule linear_decay: the student's and discriminator's rates follow warmup_lr with the run's length, so
+    the length is part of a checkpoint's identity (a constant-rate run may be extended by a resume, a decayed one
+    starts afresh)."""
+    tokens = np.random.default_rng(0).integers(0, 11, size=(32, 8))
+    cfg = tiny_cfg(lr_schedule="linear_decay", iterations=4, warmup_steps=1)
+    method = config.variant_method(cfg, "full")
+    state = build_state(tiny_teacher(dropout=0.0), cfg["distill"], method, SCHED, 11, 8)
+    lrs = []
+    for it in range(4):
+        distill_step(state, torch.as_tensor(tokens[2 * it: 2 * it + 2]), torch.Generator().manual_seed(it))
+        lrs.append((state.opt_student.param_groups[0]["lr"], state.opt_disc.param_groups[0]["lr"]))
+    d = cfg["distill"]
+    assert lrs == [pytest.approx((d["student_lr"] * f, d["discriminator_lr"] * f)) for f in (1, 1, 2 / 3, 1 / 3)]
+
+    def go(iterations, schedule):
+        return run_distillation(tiny_teacher(), tokens, {**d, "iterations": iterations, "lr_schedule": schedule},
+                                method, SCHED, 11, seed=3, checkpoint_dir=tmp_path / schedule, progress=False)
+
+    for schedule, resumed_from in (("constant", [2]), ("linear_decay", [None])):
+        go(2, schedule)
+        assert go(4, schedule).history["resumed_from_iteration"] == resumed_from

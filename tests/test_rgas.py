@@ -61,6 +61,34 @@ def test_h_schedule():
     assert hs[:4] == pytest.approx([30.0, 30 + 10 / 3, 30 + 20 / 3, 40.0])
     assert h_schedule(4, 0.0, 1.0, 2.0) == [None] * 4
     assert h_schedule(3, 1.0, 1.0, 2.0) == pytest.approx([1.0, 1.5, 2.0])
+    # the authors' code: h over all K steps (the re-ranking steps scale their scores by it)
+    assert h_schedule(5, 0.5, 0.2, 1.0, "code") == pytest.approx([0.2, 0.4, 0.6, 0.8, 1.0])
+    with pytest.raises(ValueError, match="reading"):
+        h_schedule(5, 0.5, 0.2, 1.0, "papper")
+
+
+def test_code_reading_reranks_by_h_times_the_scores():
+    """Re-ranking only (tilt_fraction 0), M = 8: with the code's reading h = 0 draws a candidate uniformly (the
+    plain sampler's distribution) and a large h takes the best-scored one, so the discriminator's mean score of
+    the samples rises with h; the paper's reading ignores h there."""
+    student, disc = networks(2)
+    n, nfe = 256, 4
+
+    def score(reading, h):
+        res = rgas_sample(student, disc, n, L, nfe, SCHED, MASK, torch.Generator().manual_seed(0), "cpu", "float64",
+                          h_start=h, h_end=h, candidates=8, tilt_fraction=0.0, temperature=1.0, t_end=1e-5,
+                          reading=reading)
+        with torch.no_grad():
+            return disc(res.ids, torch.zeros(n)).sum(1).mean().item()
+
+    plain = rgas_sample(student, disc, n, L, nfe, SCHED, MASK, torch.Generator().manual_seed(0), "cpu", "float64",
+                        h_start=0.0, h_end=0.0, candidates=1, tilt_fraction=0.0)
+    with torch.no_grad():
+        plain_score = disc(plain.ids, torch.zeros(n)).sum(1).mean().item()
+    uniform, greedy = score("code", 0.0), score("code", 100.0)
+    assert abs(uniform - plain_score) < 0.5 * (greedy - plain_score)  # h = 0: about the plain sampler's score
+    assert greedy > score("paper", 0.0) > uniform  # argmax beats softmax(scores) beats a uniform pick
+    assert score("paper", 100.0) == score("paper", 0.0)  # the paper's re-ranking does not read h
 
 
 @pytest.mark.parametrize("nfe,precision,temperature", [(4, "float64", 1.0), (6, "float32", 0.8), (2, "float64", 1.0)])

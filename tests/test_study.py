@@ -85,3 +85,41 @@ def test_study_on_a_text_corpus_scores_with_the_workflow_judge(smoke_run, tmp_pa
     history = json.loads((out / "histories.json").read_text())["oracle_judge_reward/0"]
     assert len(history["reward_exact_corr"]) == 4 and np.allclose(history["reward_exact_corr"], 1.0, atol=1e-4)
     assert (out / "table.md").read_text().count("oracle_judge_reward") == 2  # EMA and raw
+
+
+def test_rgas_settings_merge_over_the_config_and_name_unknown_keys():
+    cfg = config.load()
+    settings = study.rgas_settings(cfg, {"rgas": {"mild": {"h_start": 3.0, "h_end": 4.0}, "paper": None}})
+    assert settings["mild"]["h_start"] == 3.0 and settings["mild"]["candidates"] == cfg["distill"]["rgas"]["candidates"]
+    assert settings["paper"] == {k: v for k, v in cfg["distill"]["rgas"].items() if k != "variants"}
+    assert study.rgas_settings(cfg, {}) == {}
+    with pytest.raises(config.ConfigError, match="h_strat"):
+        study.rgas_settings(cfg, {"rgas": {"typo": {"h_strat": 3.0}}})
+
+
+def test_score_model_with_unguided_rgas_is_the_ancestral_score():
+    """RGAS with h = 0 and M = 1 draws what the plain sampler draws (tests/test_rgas.py), so the study scores both
+    alike; any guidance changes the samples (and so, here, the scores)."""
+    from didi.discriminator import Discriminator
+    from didi.model import DiT, DiTConfig
+
+    vocab, seq_len = 6, 8
+    torch.manual_seed(0)
+    model = DiT(DiTConfig(vocab + 1, seq_len, hidden=16, layers=1, heads=2, cond_dim=8, dropout=0.0))
+    disc = Discriminator.from_teacher(model, 1)
+    cfg = {"seed": 3, "data": {"seq_len": seq_len}, "diffusion": config.load()["diffusion"]}
+
+    def likelihood(ids):  # any function of the samples: here the sum of their ids as an "NLL"
+        return {"nll": ids.sum(1).astype(float), "tokens": np.full(len(ids), seq_len),
+                "invalid": np.zeros(len(ids), dtype=np.int64)}
+
+    world = study.World(model, vocab, likelihood, {})
+    plain = study.score_model(model, cfg, [2, 4], 64, world)
+    unguided = study.score_model(model, cfg, [2, 4], 64, world, disc,
+                                 {"h_start": 0.0, "h_end": 0.0, "candidates": 1, "tilt_fraction": 0.5,
+                                  "reading": "paper"})
+    assert unguided == plain
+    guided = study.score_model(model, cfg, [2, 4], 64, world, disc,
+                               {"h_start": 30.0, "h_end": 40.0, "candidates": 4, "tilt_fraction": 0.5,
+                                "reading": "paper"})
+    assert guided[4]["nll"] != plain[4]["nll"]

@@ -93,6 +93,14 @@ def test_learning_rate_warms_up_linearly_then_stays_constant():
     assert runtime.warmup_lr(0, 2.0, 0) == 2.0
 
 
+def test_learning_rate_decays_linearly_to_the_floor_over_the_run():
+    """decay_steps (the authors' distillation schedule): warm-up, then linear decay from the peak at the end of the
+    warm-up (its first step gets the peak) towards 0 at step decay_steps, floored at 1e-8."""
+    lrs = [runtime.warmup_lr(step, 1.0, 2, decay_steps=6) for step in range(7)]
+    assert lrs == pytest.approx([0.5, 1.0, 1.0, 0.75, 0.5, 0.25, 1e-8])
+    assert runtime.warmup_lr(3, 1.0, 0, decay_steps=4) == pytest.approx(0.25)
+
+
 def test_row_shards_of_the_loss_average_to_the_full_batch_loss():
     torch.manual_seed(0)
     model = DiT(DiTConfig(vocab_size=43, seq_len=L, hidden=32, layers=1, heads=2, cond_dim=16, dropout=0.0))
