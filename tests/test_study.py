@@ -72,19 +72,22 @@ def test_study_on_a_text_corpus_scores_with_the_workflow_judge(smoke_run, tmp_pa
     assert world.reward(torch.as_tensor(ids.astype(np.int64))).numpy() == pytest.approx(per_token, rel=1e-5)
 
     rows = tmp_path / "rows.yaml"
-    rows.write_text("ks: [4]\nsamples: 8\nbase: {iterations: 4}\n"
+    rows.write_text("ks: [4]\nsamples: 8\nbase: {iterations: 4}\nrgas_ks: [4]\nrgas: {mild: {h_start: 1.0, h_end: 1.0}}\n"
                     "rows:\n  oracle_judge_reward: {overrides: {method: {reward_source: exact}}, seeds: [0]}\n")
     out = tmp_path / "study"
     subprocess.run([venv_bin("didi"), "study", "--configfile", SMOKE[1], "--configfile", SMOKE[2],
                     "--results", str(smoke_run), "--rows", str(rows), "--out", str(out)],
                    check=True, env=subprocess_env(), cwd=REPO, timeout=600)
     lines = pd.read_csv(out / "results.csv")
+    guided = {f"{cfg['distill']['student_weights']}+rgas:mild", "teacher+rgas:mild"}  # RGAS with the row's D
     assert set(zip(lines.name, lines.model)) == {("teacher", "teacher"), ("oracle_judge_reward", "ema"),
-                                                 ("oracle_judge_reward", "raw")}
+                                                 ("oracle_judge_reward", "raw")} | {("oracle_judge_reward", m)
+                                                                                    for m in guided}
     assert sorted(lines.K.unique()) == [4, 32] and (lines.invalid == 0).all()
+    assert sorted(lines[lines.model.isin(guided)].K.unique()) == [4]  # at rgas_ks only
     history = json.loads((out / "histories.json").read_text())["oracle_judge_reward/0"]
     assert len(history["reward_exact_corr"]) == 4 and np.allclose(history["reward_exact_corr"], 1.0, atol=1e-4)
-    assert (out / "table.md").read_text().count("oracle_judge_reward") == 2  # EMA and raw
+    assert (out / "table.md").read_text().count("oracle_judge_reward") == 4  # EMA, raw and the two RGAS models
 
 
 def test_rgas_settings_merge_over_the_config_and_name_unknown_keys():
