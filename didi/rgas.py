@@ -110,7 +110,7 @@ def rgas_sample(model_fn, discriminator, num_samples: int, seq_len: int, nfe: in
         cand = ancestral_step(log_p.repeat_interleave(M, dim=0), z_rep, alphas[i], alphas[i + 1], mask_id,
                               generator, precision)
         scores = discriminator(cand, sigma_at(i + 1, num_samples * M)).float().sum(dim=1).view(num_samples, M)
-        if h is not None:  # the code's reading: softmax(h x scores)
+        if reading == "code":  # softmax(h x scores)
             scores = h * scores
         d_forward += 1
         choice = sample_categorical(torch.softmax(scores.double(), dim=-1), generator, precision)

@@ -101,7 +101,7 @@ def score_model(model, cfg: dict, ks: list[int], n: int, world: World, discrimin
 
 def rgas_settings(cfg: dict, spec: dict) -> dict:
     """label -> RGAS guidance of a study spec's `rgas` entries, each on top of the config's distill.rgas."""
-    base = {k: v for k, v in cfg["distill"]["rgas"].items() if k != "variants"}
+    base = guidance(cfg["distill"]["rgas"])
     settings = {label: {**base, **(entry or {})} for label, entry in (spec.get("rgas") or {}).items()}
     for label, entry in settings.items():
         unknown = sorted(set(entry) - set(base))

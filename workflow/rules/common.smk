@@ -7,6 +7,7 @@ from snakemake_interface_executor_plugins.settings import DeploymentMethod
 
 from didi.config import outputs_relevant, step_sections, variant_method
 from didi.diffusion import PRECISIONS
+from didi.rgas import guidance
 
 R = config["results"]
 ENVS = "../../envs/didi.yaml"
@@ -221,8 +222,7 @@ def rgas_params(wildcards):
     """A param of RGAS sample files only: the guidance settings (which variants get RGAS names other files)."""
     if wildcards.sampler != "rgas":
         return ""
-    rgas = {k: v for k, v in config["distill"]["rgas"].items() if k != "variants"}
-    return json.dumps(rgas, sort_keys=True)
+    return json.dumps(guidance(config["distill"]["rgas"]), sort_keys=True)
 
 
 def bench_inputs(wildcards):
