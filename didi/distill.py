@@ -147,12 +147,19 @@ def distill_step(state: DistillState, positives: torch.Tensor, generator) -> dic
     z_fake, z_real, tau_real = objective.corrupt_both(roll["x"], real, tau, sched, mask_id, method,
                                                       distill_cfg["tau_clip"], generator)
     # 5-6. discriminator step(s); the reward from the just-updated discriminator (or from the one before it)
-    # the reward reads z_fake and reward_corruptions - 1 further corruptions of the same samples
-    z_fakes = [z_fake] + [objective.corrupt_rows(roll["x"], tau, sched, mask_id, generator)
-                          for _ in range(distill_cfg["reward_corruptions"] - 1)]
+    # reward_times "rollout": the reward reads z_fake and reward_corruptions - 1 further corruptions at tau;
+    # "stratified": reward_corruptions fresh corruptions, one in each stratum of the noise range
+    corruptions = distill_cfg["reward_corruptions"]
+    if distill_cfg["reward_times"] == "stratified":
+        reward_taus = objective.stratified_taus(rows, corruptions, distill_cfg["tau_clip"], generator, device, G)
+        z_fakes = [objective.corrupt_rows(roll["x"], t, sched, mask_id, generator) for t in reward_taus]
+    else:
+        reward_taus = tau
+        z_fakes = [z_fake] + [objective.corrupt_rows(roll["x"], tau, sched, mask_id, generator)
+                              for _ in range(corruptions - 1)]
 
     def reward_now():
-        return objective.rewards(D, z_fakes, tau, sched, mask_id, distill_cfg["reward_clip"], method)
+        return objective.rewards(D, z_fakes, reward_taus, sched, mask_id, distill_cfg["reward_clip"], method)
 
     reward = reward_now() if method["reward_before_update"] else None
     D.train()

@@ -56,6 +56,18 @@ def sample_tau(n: int, distribution: str, clip, generator: torch.Generator, devi
     return tau.float(), pi.float()
 
 
+def stratified_taus(n: int, count: int, clip, generator, device, group_size: int) -> list[torch.Tensor]:
+    """`count` noise levels per group of `group_size` rows, one in each of `count` equal strata of `clip`:
+    tau_k = lo + (k + u_k) (hi - lo) / count. The reward then averages the discriminator over the whole range of t,
+    as the integral KL does, instead of reading it at the rollout's one tau; the G samples of a group share the
+    levels, so the grouped advantage still compares them at equal noise."""
+    lo, hi = clip
+    u = draw_rows(generator, n // group_size,
+                  lambda g, r: torch.rand(r.stop - r.start, count, generator=g, device=device, dtype=torch.float64))
+    taus = lo + (torch.arange(count, device=device, dtype=torch.float64) + u) * (hi - lo) / count
+    return [column.float().repeat_interleave(group_size) for column in taus.unbind(dim=1)]
+
+
 def draw_tau(n: int, method: dict, clip, generator, device, group_size: int = 1):
     """sample_tau with the method's distribution for n rows, per group when given one generator per group.
 
@@ -205,13 +217,15 @@ def masked_row_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 def rewards(D, z_fakes: list, tau, schedule, mask_id: int, clip: float, method: dict) -> torch.Tensor:
     """Per row: the discriminator's clipped log-odds averaged over the row's judged positions (summed, at
     discriminator_level "sequence": the sequence's logit), then over the given corruptions of the same student
-    samples (several: the part of the reward that depends on WHICH positions were masked averages out). D in eval
-    mode: no dropout, spectral norm uses its stored vectors."""
+    samples (several: the part of the reward that depends on WHICH positions were masked averages out). tau [rows]:
+    the noise level of every corruption, or a list with one per corruption (stratified_taus). D in eval mode: no
+    dropout, spectral norm uses its stored vectors."""
     was_training = D.training
     D.eval()
+    taus = tau if isinstance(tau, (list, tuple)) else [tau] * len(z_fakes)
     total = 0.0
-    for z in z_fakes:
-        token_reward, judged = D(z, schedule.sigma(tau)).clamp(-clip, clip), judged_positions(z, mask_id, method)
+    for z, t in zip(z_fakes, taus, strict=True):
+        token_reward, judged = D(z, schedule.sigma(t)).clamp(-clip, clip), judged_positions(z, mask_id, method)
         if method["discriminator_level"] == "sequence":
             total = total + (token_reward * judged).sum(dim=1)
         else:

@@ -562,6 +562,63 @@ def test_tau_per_group_shares_one_noise_level_per_group_and_per_row_does_not():
     assert per_row[0] == tau[0] and per_row[4] == tau[4]
 
 
+def test_stratified_reward_times_cover_the_range_one_per_stratum_shared_within_groups():
+    clip, count, G = (0.02, 0.98), 4, 3
+    gens = [torch.Generator().manual_seed(i) for i in range(2)]  # one per group, as the loop passes them
+    taus = objective.stratified_taus(6, count, clip, gens, "cpu", G)
+    assert len(taus) == count and all(t.shape == (6,) for t in taus)
+    width = (clip[1] - clip[0]) / count
+    for k, t in enumerate(taus):
+        assert torch.equal(t.view(2, G), t.view(2, G)[:, :1].expand(2, G))  # one level per group
+        assert ((t >= clip[0] + k * width - 1e-6) & (t <= clip[0] + (k + 1) * width + 1e-6)).all()
+    assert taus[0][0] != taus[0][G]  # the groups draw their own levels
+    # a group's levels come from its own generator: the same whichever groups share the batch
+    alone = objective.stratified_taus(3, count, clip, [torch.Generator().manual_seed(1)], "cpu", G)
+    assert all(torch.equal(a, t[G:]) for a, t in zip(alone, taus))
+
+
+def test_rewards_read_each_corruption_at_its_own_noise_level():
+    class SigmaLogit(nn.Module):  # every logit = the noise level it is given
+        def forward(self, z, sigma):
+            return sigma[:, None].expand(z.shape).float()
+
+    z = torch.tensor([[11, 3, 11, 5]])
+    method = {"discriminator_positions": "masked", "discriminator_level": "token"}
+    t1, t2 = torch.tensor([0.2]), torch.tensor([0.7])
+    both = objective.rewards(SigmaLogit(), [z, z], [t1, t2], SCHED, 11, 8.0, method)
+    expected = 0.5 * (SCHED.sigma(t1) + SCHED.sigma(t2))
+    assert both.item() == pytest.approx(expected.item())
+    one = objective.rewards(SigmaLogit(), [z, z], t1, SCHED, 11, 8.0, method)  # one tau: every corruption at it
+    assert one.item() == pytest.approx(SCHED.sigma(t1).item())
+
+
+def test_stratified_reward_times_reach_the_discriminator_in_a_distill_step(monkeypatch):
+    """reward_times stratified: the reward reads reward_corruptions fresh corruptions, one per stratum of tau_clip;
+    rollout (the default): every corruption at the rollout's tau."""
+    seen = {}
+    original = objective.rewards
+
+    def spy(D, z_fakes, tau, *args):
+        seen["taus"] = tau
+        return original(D, z_fakes, tau, *args)
+
+    monkeypatch.setattr(objective, "rewards", spy)
+    positives = torch.as_tensor(np.random.default_rng(0).integers(0, 11, size=(2, 8)))
+    for times in ("rollout", "stratified"):
+        cfg = tiny_cfg(reward_corruptions=3, reward_times=times)
+        state = build_state(tiny_teacher(dropout=0.0), cfg["distill"], config.variant_method(cfg, "full"), SCHED,
+                            11, 8)
+        distill_step(state, positives, torch.Generator().manual_seed(0))
+        if times == "rollout":
+            assert isinstance(seen["taus"], torch.Tensor)
+        else:
+            lo, hi = cfg["distill"]["tau_clip"]
+            width = (hi - lo) / 3
+            assert len(seen["taus"]) == 3
+            for k, t in enumerate(seen["taus"]):
+                assert lo + k * width - 1e-6 <= float(t.min()) <= float(t.max()) <= lo + (k + 1) * width + 1e-6
+
+
 def test_shuffled_advantages_are_a_seeded_permutation():
     adv = torch.arange(16, dtype=torch.float32)
     a = objective.shuffled(adv, torch.Generator().manual_seed(0))
