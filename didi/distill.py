@@ -8,7 +8,7 @@ One iteration (`distill_step`):
  4. Student samples and positives are corrupted at alpha(tau) (coupled) or at independent times.
  5. One discriminator step: BCE with label smoothing on masked positions.
  6. Reward from the just-updated discriminator: clipped log-odds averaged over the masked positions of a row.
- 7. Grouped normalisation -> advantage A, clipped.
+ 7. Grouped normalisation -> advantage A (by each group's std, or one pooled over the groups), clipped.
  8. Weight omega(tau) (clipped) and optionally 1 / pi(tau).
  9. Student loss = -mean(w * A * log p) + kl_coef * KL(teacher || student) [or Jeffrey] - entropy_coef * H.
 10. AdamW steps with warm-up and clipping for student and discriminator; EMA of the student.
@@ -176,7 +176,8 @@ def distill_step(state: DistillState, positives: torch.Tensor, generator) -> dic
             raise ValueError("distill.method.reward_source 'exact' needs a likelihood to reward with (didi study)")
         reward = exact
     # 7. grouped advantage (shuffle_advantages: the no-information control)
-    advantage = objective.grouped_advantages(reward, G, distill_cfg["advantage_clip"])
+    advantage = objective.grouped_advantages(reward, G, distill_cfg["advantage_clip"], method["advantage_scale"],
+                                             distributed.all_reduce_sum)
     if method["shuffle_advantages"]:
         advantage = objective.shuffled(advantage, generator)
     # 8. time weight omega(tau), optionally / pi(tau)

@@ -242,13 +242,27 @@ def within_group_correlation(a: torch.Tensor, b: torch.Tensor, group_size: int) 
     return (a * b).sum() / (a.norm() * b.norm()).clamp(min=1e-12)
 
 
-def grouped_advantages(rewards: torch.Tensor, group_size: int, clip: float) -> torch.Tensor:
-    """(R - mean_group) / (std_group + 1e-8), clipped to [-clip, clip]; groups are G consecutive rows.
+def grouped_advantages(rewards: torch.Tensor, group_size: int, clip: float, scale: str = "group",
+                       reduce_sum: Callable = lambda x: x) -> torch.Tensor:
+    """(R - mean_group) / (std + 1e-8), clipped to [-clip, clip]; groups are G consecutive rows.
 
-    std is the unbiased sample standard deviation (torch's default), as in GRPO implementations.
+    scale "group": each group's own unbiased standard deviation (torch's default), as in GRPO implementations, the
+    paper and the authors' code. "pooled": one standard deviation for the whole batch, the root of the mean of the
+    groups' unbiased variances (the within-group spread pooled over groups; reduce_sum sums over DDP ranks), so that a
+    group whose rewards hardly differ (a tau at which the discriminator sees almost nothing) gets advantages near 0
+    instead of noise blown up to unit scale. With equal group variances the two are the same.
     """
     r = rewards.view(-1, group_size)
-    a = (r - r.mean(dim=1, keepdim=True)) / (r.std(dim=1, keepdim=True) + 1e-8)
+    centred = r - r.mean(dim=1, keepdim=True)
+    if scale == "group":
+        std = r.std(dim=1, keepdim=True)
+    elif scale == "pooled":
+        squares = reduce_sum(centred.square().sum())
+        dof = reduce_sum(torch.tensor(float(r.shape[0] * (group_size - 1)), device=r.device))
+        std = (squares / dof).sqrt().to(r.dtype)
+    else:
+        raise ValueError(f"distill.method.advantage_scale: unknown {scale!r} (group | pooled)")
+    a = centred / (std + 1e-8)
     return a.clamp(-clip, clip).view(-1)
 
 

@@ -204,6 +204,24 @@ def test_grouped_advantages_by_hand():
     assert torch.allclose(torch.cat([a[:7], a[8:]]), torch.full((15,), -0.25), atol=1e-6)
 
 
+def test_pooled_advantages_by_hand():
+    """advantage_scale pooled: one std for the batch, sqrt(mean of the groups' unbiased variances)."""
+    quiet, loud = torch.tensor([0.0, 0.1, 0.0, 0.1]), torch.tensor([0.0, 1.0, 0.0, 1.0])
+    r = torch.cat([quiet, loud])
+    pooled = grouped_advantages(r, 4, 3.0, "pooled")
+    std = math.sqrt((0.01 / 3 + 1 / 3) / 2)  # each group: 4 deviations of +-half its range, 3 degrees of freedom
+    assert torch.allclose(pooled, (r - r.view(2, 4).mean(1).repeat_interleave(4)) / std, atol=1e-6)
+    # the group's own std makes both groups' advantages the same; pooled keeps the quiet group 10x smaller
+    by_group = grouped_advantages(r, 4, 3.0)
+    assert torch.allclose(by_group[:4], by_group[4:]) and torch.allclose(pooled[:4] * 10, pooled[4:], atol=1e-6)
+    # equal group variances: the two scales agree
+    same = torch.cat([loud, loud + 5.0])
+    assert torch.allclose(grouped_advantages(same, 4, 3.0, "pooled"), grouped_advantages(same, 4, 3.0), atol=1e-6)
+    # over DDP ranks (reduce_sum): test_two_ddp_processes_match_one_process, whose ranks hold one group each
+    with pytest.raises(ValueError, match="advantage_scale"):
+        grouped_advantages(r, 4, 3.0, "batch")
+
+
 def test_omega_is_one_over_t_for_log_linear():
     t = torch.tensor([0.02, 0.1, 0.5, 0.98], dtype=torch.float64)
     assert torch.equal(SCHED.omega(t), 1 / t)
@@ -423,7 +441,8 @@ def test_two_ddp_processes_match_one_process(tmp_path):
     cfg = tiny_cfg(iterations=3, checkpoint_every=2)
     # exercise every draw site: uncoupled times (a second tau and its own corruption), beta tau, KL + entropy terms
     cfg["distill"]["variants"]["ddp"] = {"tau_distribution": "beta22", "importance_weight": True,
-                                         "coupled_time": False, "kl_coef": 0.5, "entropy_coef": 0.01}
+                                         "coupled_time": False, "kl_coef": 0.5, "entropy_coef": 0.01,
+                                         "advantage_scale": "pooled"}  # pooled: a std over both ranks' groups
     bin_dir = os.path.dirname(sys.executable)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PATH": bin_dir + os.pathsep + os.environ.get("PATH", "")}
 

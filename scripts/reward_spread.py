@@ -1,0 +1,67 @@
+"""Where along tau does a group's reward tell its samples apart?
+
+(docs/distillation-study.md, "Pooled advantages".)
+
+With one tau per group (the default), a group's G samples are judged at the same noise level. This script rolls out
+the DAG's distilled `full` student (raw weights) in groups of G at fixed noise levels, reads each sample's reward
+from that run's discriminator exactly as the distillation does (reward_corruptions corruptions at tau), and reports
+per tau: the mean within-group standard deviation of the reward, the within-group correlation of the reward with the
+world's log-likelihood per token (the judge on text, the chain on the exact world), and the time weight
+w(tau) = omega(tau) / pi(tau) the policy gradient multiplies the advantage by. Normalising each group by its own
+std (advantage_scale: group) gives every group unit-scale advantages; `pooled` scales them by the group's spread.
+
+    python scripts/reward_spread.py --configfile config.yaml --results results [--groups 32]
+    python scripts/reward_spread.py --configfile config.yaml presets/synthetic.yaml --results results/synthetic
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from didi import config, objective
+from didi.diffusion import LogLinearSchedule
+from didi.discriminator import load_discriminator
+from didi.model import load_dit
+from didi.study import load_world
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--configfile", nargs="+", default=["config.yaml"])
+    p.add_argument("--results", default="results")
+    p.add_argument("--variant", default="full")
+    p.add_argument("--groups", type=int, default=32, help="groups of G samples per noise level")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args()
+    torch.set_num_threads(1)
+    cfg = config.load(args.configfile)
+    results = Path(args.results)
+    distill_cfg, method = cfg["distill"], config.variant_method(cfg, args.variant)
+    world = load_world(cfg, results)
+    student, _ = load_dit(results / "distill" / args.variant / "student_raw")
+    disc = load_discriminator(results / "distill" / args.variant / "discriminator").eval()
+    student.eval()
+    schedule, G, seq_len = LogLinearSchedule(cfg["diffusion"]["eps"]), distill_cfg["group_size"], cfg["data"]["seq_len"]
+    rows, gen = args.groups * G, torch.Generator().manual_seed(args.seed)
+    print(f"{'tau':>5} {'group std':>10} {'corr':>6} {'w(tau)':>7}")
+    for t in (0.05, 0.15, 0.3, 0.5, 0.7, 0.85, 0.95):
+        tau = torch.full((rows,), t)
+        with torch.no_grad():
+            x = objective.rollout(student, rows, seq_len, tau, schedule, world.mask_id, method, distill_cfg["t0"], gen,
+                                  distill_cfg["rollout_precision"], "cpu")["x"]
+            z = [objective.corrupt_rows(x, tau, schedule, world.mask_id, gen)
+                 for _ in range(distill_cfg["reward_corruptions"])]
+            reward = objective.rewards(disc, z, tau, schedule, world.mask_id, distill_cfg["reward_clip"], method)
+        corr = objective.within_group_correlation(reward, world.reward(x), G).item()
+        pi = 6 * t * (1 - t) if method["tau_distribution"] == "beta22" else 1.0
+        weight = objective.time_weight(schedule, tau[:1], torch.tensor([pi]), method, distill_cfg["omega_clip"])
+        spread = reward.view(-1, G).std(dim=1).mean().item()
+        print(f"{t:5.2f} {spread:10.4f} {corr:6.2f} {weight.item():7.2f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
