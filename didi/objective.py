@@ -44,16 +44,17 @@ def sample_tau(n: int, distribution: str, clip, generator: torch.Generator, devi
     """
     if distribution == "uniform":
         tau = torch.rand(n, generator=generator, device=device, dtype=torch.float64)
-        pi = torch.ones_like(tau)
     elif distribution == "beta22":
         tau = torch.rand(n, 3, generator=generator, device=device, dtype=torch.float64).median(dim=1).values
-        pi = None
     else:
         raise ValueError(f"unknown tau distribution {distribution!r}")
     tau = tau.clamp(*clip)
-    if pi is None:
-        pi = 6.0 * tau * (1.0 - tau)
-    return tau.float(), pi.float()
+    return tau.float(), tau_density(tau, distribution).float()
+
+
+def tau_density(tau: torch.Tensor, distribution: str) -> torch.Tensor:
+    """pi(tau): 1 for Uniform(0,1), 6 t (1 - t) for Beta(2,2) (at the clamped tau, as the code weights it)."""
+    return torch.ones_like(tau) if distribution == "uniform" else 6.0 * tau * (1.0 - tau)
 
 
 def stratified_taus(n: int, count: int, clip, generator, device, group_size: int) -> list[torch.Tensor]:

@@ -17,9 +17,9 @@ std (advantage_scale: group) gives every group unit-scale advantages; `pooled` s
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from didi import config, objective
@@ -28,6 +28,33 @@ from didi.discriminator import load_discriminator
 from didi.model import load_dit
 from didi.study import load_world
 
+TAUS = (0.05, 0.15, 0.3, 0.5, 0.7, 0.85, 0.95)
+
+
+@torch.no_grad()
+def spread_by_tau(cfg: dict, results: Path, variant: str = "full", groups: int = 32, taus=TAUS, seed: int = 0):
+    """One dict per tau: the mean within-group std of the reward (`group_std`), its within-group correlation with
+    the world's log-likelihood per token (`corr`) and the policy gradient's time weight there (`weight`)."""
+    distill_cfg, method = cfg["distill"], config.variant_method(cfg, variant)
+    world = load_world(cfg, results)
+    student, _ = load_dit(results / "distill" / variant / "student_raw")
+    disc = load_discriminator(results / "distill" / variant / "discriminator").eval()
+    student.eval()
+    schedule, G, seq_len = LogLinearSchedule(cfg["diffusion"]["eps"]), distill_cfg["group_size"], cfg["data"]["seq_len"]
+    rows, gen, out = groups * G, torch.Generator().manual_seed(seed), []
+    for t in taus:
+        tau = torch.full((rows,), float(t))
+        x = objective.rollout(student, rows, seq_len, tau, schedule, world.mask_id, method, distill_cfg["t0"], gen,
+                              distill_cfg["rollout_precision"], "cpu")["x"]
+        z = [objective.corrupt_rows(x, tau, schedule, world.mask_id, gen)
+             for _ in range(distill_cfg["reward_corruptions"])]
+        reward = objective.rewards(disc, z, tau, schedule, world.mask_id, distill_cfg["reward_clip"], method)
+        pi = objective.tau_density(tau[:1], method["tau_distribution"])
+        out.append({"tau": float(t), "group_std": reward.view(-1, G).std(dim=1).mean().item(),
+                    "corr": objective.within_group_correlation(reward, world.reward(x), G).item(),
+                    "weight": objective.time_weight(schedule, tau[:1], pi, method, distill_cfg["omega_clip"]).item()})
+    return out
+
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -35,32 +62,18 @@ def main() -> None:
     p.add_argument("--results", default="results")
     p.add_argument("--variant", default="full")
     p.add_argument("--groups", type=int, default=32, help="groups of G samples per noise level")
+    p.add_argument("--taus", type=float, nargs="+", default=list(TAUS))
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", help="also write the rows to this JSON file")
     args = p.parse_args()
     torch.set_num_threads(1)
     cfg = config.load(args.configfile)
-    results = Path(args.results)
-    distill_cfg, method = cfg["distill"], config.variant_method(cfg, args.variant)
-    world = load_world(cfg, results)
-    student, _ = load_dit(results / "distill" / args.variant / "student_raw")
-    disc = load_discriminator(results / "distill" / args.variant / "discriminator").eval()
-    student.eval()
-    schedule, G, seq_len = LogLinearSchedule(cfg["diffusion"]["eps"]), distill_cfg["group_size"], cfg["data"]["seq_len"]
-    rows, gen = args.groups * G, torch.Generator().manual_seed(args.seed)
+    rows = spread_by_tau(cfg, Path(args.results), args.variant, args.groups, args.taus, args.seed)
     print(f"{'tau':>5} {'group std':>10} {'corr':>6} {'w(tau)':>7}")
-    for t in (0.05, 0.15, 0.3, 0.5, 0.7, 0.85, 0.95):
-        tau = torch.full((rows,), t)
-        with torch.no_grad():
-            x = objective.rollout(student, rows, seq_len, tau, schedule, world.mask_id, method, distill_cfg["t0"], gen,
-                                  distill_cfg["rollout_precision"], "cpu")["x"]
-            z = [objective.corrupt_rows(x, tau, schedule, world.mask_id, gen)
-                 for _ in range(distill_cfg["reward_corruptions"])]
-            reward = objective.rewards(disc, z, tau, schedule, world.mask_id, distill_cfg["reward_clip"], method)
-        corr = objective.within_group_correlation(reward, world.reward(x), G).item()
-        pi = 6 * t * (1 - t) if method["tau_distribution"] == "beta22" else 1.0
-        weight = objective.time_weight(schedule, tau[:1], torch.tensor([pi]), method, distill_cfg["omega_clip"])
-        spread = reward.view(-1, G).std(dim=1).mean().item()
-        print(f"{t:5.2f} {spread:10.4f} {corr:6.2f} {weight.item():7.2f}", flush=True)
+    for r in rows:
+        print(f"{r['tau']:5.2f} {r['group_std']:10.4f} {r['corr']:6.2f} {r['weight']:7.2f}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1) + "\n")
 
 
 if __name__ == "__main__":

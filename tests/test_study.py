@@ -126,3 +126,25 @@ def test_score_model_with_unguided_rgas_is_the_ancestral_score():
                                {"h_start": 30.0, "h_end": 40.0, "candidates": 4, "tilt_fraction": 0.5,
                                 "reading": "paper"})
     assert guided[4]["nll"] != plain[4]["nll"]
+
+
+def test_reward_spread_script_reads_the_dag_run(smoke_run):
+    """scripts/reward_spread.py on the smoke DAG's `full` run: per tau a non-negative within-group spread of the
+    reward, a correlation in [-1, 1] and the policy gradient's time weight omega(tau) / pi(tau) by hand."""
+    import importlib.util
+
+    from conftest import REPO
+
+    spec = importlib.util.spec_from_file_location("reward_spread", REPO / "scripts" / "reward_spread.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    cfg = config.load([REPO / "config.yaml", REPO / "presets" / "smoke.yaml"], {"results": str(smoke_run)})
+    method = config.variant_method(cfg, "full")
+    assert method["tau_distribution"] == "beta22" and method["importance_weight"] and method["omega"]
+    rows = script.spread_by_tau(cfg, smoke_run, "full", groups=4, taus=(0.05, 0.5))
+    lo, hi = cfg["distill"]["omega_clip"]
+    for row in rows:
+        t = row["tau"]
+        assert row["weight"] == pytest.approx(min(max(1 / t, lo), hi) / (6 * t * (1 - t)), rel=1e-5)
+        assert row["group_std"] >= 0 and -1 <= row["corr"] <= 1
+    assert [r["tau"] for r in rows] == [0.05, 0.5]
