@@ -1,6 +1,6 @@
 """Where along tau does a group's reward tell its samples apart?
 
-(docs/distillation-study.md, "Pooled advantages".)
+(docs/distillation-study.md, "A trust region to the teacher, pooled advantages, and where the SOTU reward is blind".)
 
 With one tau per group (the default), a group's G samples are judged at the same noise level. This script rolls out
 the DAG's distilled `full` student (raw weights) in groups of G at fixed noise levels, reads each sample's reward
