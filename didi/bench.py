@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from didi import config, data, io, train
+from didi import config, data, distributed, io, train
 
 log = logging.getLogger("didi.bench")
 
@@ -185,10 +185,11 @@ def section_teacher(cfg: dict, ctx: dict) -> dict:
 
 
 def bench_distill(teacher, tokens, mask_id: int, cfg: dict, iterations: int, variant: str = "full") -> dict:
-    """Distillation iterations/s of `variant` (one untimed warm-up iteration first). teacher: a DiT or a model
-    directory; tokens: [N, L] array or a .npy path."""
+    """Distillation iterations/s of `variant` (one untimed warm-up iteration first), and of a discriminator warm-up
+    iteration (distill.discriminator_warmup: the rollout and the discriminator's step, no reward or student loss).
+    teacher: a DiT or a model directory; tokens: [N, L] array or a .npy path."""
     from didi.diffusion import LogLinearSchedule
-    from didi.distill import distill_step, run_distillation
+    from didi.distill import build_state, distill_step, run_distillation
     from didi.model import load_dit
 
     device = io.default_device()
@@ -202,17 +203,27 @@ def bench_distill(teacher, tokens, mask_id: int, cfg: dict, iterations: int, var
     method = config.variant_method(cfg, variant) if variant in distill_cfg["variants"] else distill_cfg["method"]
     if method["positives"] == "teacher":  # the throughput does not depend on where the positives come from
         method = {**method, "positives": "data"}
-    state = run_distillation(teacher, tokens, {**distill_cfg, "iterations": 1}, method,
-                             LogLinearSchedule(cfg["diffusion"]["eps"]), mask_id, cfg["seed"], device, progress=False)
+    schedule = LogLinearSchedule(cfg["diffusion"]["eps"])
+    state = run_distillation(teacher, tokens, {**distill_cfg, "iterations": 1, "discriminator_warmup": 0}, method,
+                             schedule, mask_id, cfg["seed"], device, progress=False)
     positives = torch.as_tensor(np.asarray(tokens[: distill_cfg["batch_size"]]).astype(np.int64)).to(device)
     gen = torch.Generator(device=device).manual_seed(cfg["seed"])
-    synchronize(device)
-    start = time.perf_counter()
-    for _ in range(iterations):
-        distill_step(state, positives, gen)
-    synchronize(device)
-    seconds = time.perf_counter() - start
+
+    def seconds_for(state) -> float:
+        synchronize(device)
+        start = time.perf_counter()
+        for _ in range(iterations):
+            distill_step(state, positives, gen)
+        synchronize(device)
+        return time.perf_counter() - start
+
+    seconds = seconds_for(state)
+    warmup = build_state(teacher, {**distill_cfg, "discriminator_warmup": iterations + 1}, method, schedule, mask_id,
+                         tokens.shape[1], dist=distributed.DistInfo(device=torch.device(device)), seed=cfg["seed"])
+    warmup_seconds = seconds_for(warmup)
     return {"iterations_per_s": iterations / seconds, "iterations": iterations, "seconds": seconds,
+            "discriminator_warmup_iterations_per_s": iterations / warmup_seconds,
+            "warmup_speedup": seconds / warmup_seconds,  # a warm-up iteration against a full one, in this run
             "variant": variant, "batch_size": distill_cfg["batch_size"], "group_size": distill_cfg["group_size"],
             "device": str(device)}
 

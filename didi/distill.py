@@ -27,6 +27,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import logging
+import math
 from pathlib import Path
 from typing import Callable
 
@@ -110,6 +111,25 @@ def optimiser_step(optimizer, loss, params: list, clip: float) -> torch.Tensor:
     return grad_norm
 
 
+# What a discriminator warm-up iteration does not compute: NaN in the history (plots leave a gap; summaries skip it)
+WARMUP_STATS = {"student_loss": math.nan, "pg_loss": math.nan, "kl": math.nan, "entropy": math.nan,
+                "reward": math.nan, "grad_norm": 0.0}
+
+
+def discriminator_steps(state: DistillState, z_real, tau_real, z_fake, tau, count) -> tuple:
+    """distill_cfg["discriminator_steps"] updates on the same corrupted batch; returns (last loss, accuracy)."""
+    D, distill_cfg = state.discriminator, state.distill_cfg
+    D.train()
+    for _ in range(distill_cfg["discriminator_steps"]):
+        d_loss, correct, judged = objective.discriminator_loss(D, z_real, tau_real, z_fake, tau, state.schedule,
+                                                               state.mask_id, distill_cfg["label_smoothing"], count,
+                                                               state.method)
+        optimiser_step(state.opt_disc, d_loss, [p for p in D.parameters() if p.requires_grad],
+                       distill_cfg["discriminator_grad_clip"])
+    d_acc = state.dist.world_size * correct.double() / distributed.all_reduce_sum(judged).clamp(min=1)
+    return d_loss, d_acc
+
+
 def distill_step(state: DistillState, positives: torch.Tensor, generator) -> dict:
     """One DiDi-Instruct iteration on this rank's rows. positives [b, L]: the positive rows (b prompts), each is
     repeated G times. generator: one torch.Generator, or a list of b (one per prompt = group: group_generators).
@@ -146,6 +166,12 @@ def distill_step(state: DistillState, positives: torch.Tensor, generator) -> dic
     # 4. corruption of student samples and positives
     z_fake, z_real, tau_real = objective.corrupt_both(roll["x"], real, tau, sched, mask_id, method,
                                                       distill_cfg["tau_clip"], generator)
+    if not student_moves:  # the discriminator's warm-up: its step is all there is (no reward, no student loss)
+        d_loss, d_acc = discriminator_steps(state, z_real, tau_real, z_fake, tau, count)
+        state.iteration += 1
+        return {**WARMUP_STATS, "d_loss": d_loss.item(), "d_acc": d_acc.item(), "logp": roll["logp"].mean().item(),
+                "fake_mask_left": (roll["x"] == mask_id).float().mean().item(),
+                **({"reward_exact_corr": math.nan} if state.exact_reward is not None else {})}
     # 5-6. discriminator step(s); the reward from the just-updated discriminator (or from the one before it)
     # reward_times "rollout": the reward reads z_fake and reward_corruptions - 1 further corruptions at tau;
     # "stratified": reward_corruptions fresh corruptions, one in each stratum of the noise range
@@ -162,13 +188,7 @@ def distill_step(state: DistillState, positives: torch.Tensor, generator) -> dic
         return objective.rewards(D, z_fakes, reward_taus, sched, mask_id, distill_cfg["reward_clip"], method)
 
     reward = reward_now() if method["reward_before_update"] else None
-    D.train()
-    for _ in range(distill_cfg["discriminator_steps"]):
-        d_loss, correct, judged = objective.discriminator_loss(D, z_real, tau_real, z_fake, tau, sched, mask_id,
-                                                               distill_cfg["label_smoothing"], count, method)
-        optimiser_step(state.opt_disc, d_loss, [p for p in D.parameters() if p.requires_grad],
-                       distill_cfg["discriminator_grad_clip"])
-    d_acc = dist.world_size * correct.double() / distributed.all_reduce_sum(judged).clamp(min=1)
+    d_loss, d_acc = discriminator_steps(state, z_real, tau_real, z_fake, tau, count)
     reward = reward_now() if reward is None else reward
     exact = state.exact_reward(roll["x"]) if state.exact_reward is not None else None
     if method["reward_source"] == "exact":  # the study's oracle: the likelihood in place of the estimate
@@ -183,16 +203,13 @@ def distill_step(state: DistillState, positives: torch.Tensor, generator) -> dic
     # 8. time weight omega(tau), optionally / pi(tau)
     weight = objective.time_weight(sched, tau, pi, method, distill_cfg["omega_clip"])
     # 9. student loss: policy gradient + regulariser to the teacher - entropy bonus
-    with torch.set_grad_enabled(student_moves):
-        pg_loss = objective.policy_gradient_loss(weight, advantage, roll["logp"])
-        kl, entropy = objective.regulariser(roll["states"], state.teacher, sched, mask_id, method, count)
-        loss = pg_loss + method["kl_coef"] * kl - method["entropy_coef"] * entropy
-    # 10. student update (warm-up above, clipping) and its EMA
-    grad_norm = 0.0
-    if student_moves:
-        grad_norm = optimiser_step(state.opt_student, loss, list(state.student.parameters()),
-                                   distill_cfg["student_grad_clip"])
-        runtime.ema_update(state.student_ema, state.student, distill_cfg["ema"], student_iteration, warmup=False)
+    pg_loss = objective.policy_gradient_loss(weight, advantage, roll["logp"])
+    kl, entropy = objective.regulariser(roll["states"], state.teacher, sched, mask_id, method, count)
+    loss = pg_loss + method["kl_coef"] * kl - method["entropy_coef"] * entropy
+    # 10. student update (clipping) and its EMA
+    grad_norm = optimiser_step(state.opt_student, loss, list(state.student.parameters()),
+                               distill_cfg["student_grad_clip"])
+    runtime.ema_update(state.student_ema, state.student, distill_cfg["ema"], student_iteration, warmup=False)
     state.iteration += 1
     return {
         "student_loss": loss.item(), "pg_loss": pg_loss.item(), "kl": kl.item(), "entropy": entropy.item(),
@@ -268,7 +285,8 @@ def run_distillation(teacher: nn.Module, positives, distill_cfg: dict, method: d
         for k, v in zip(keys, reduced.tolist()):
             state.history.setdefault(k, []).append(v)
         if wandb_run is not None:
-            wandb_run.log({f"distill/{k}": v for k, v in zip(keys, reduced.tolist())}, step=state.iteration)
+            wandb_run.log({f"distill/{k}": v for k, v in zip(keys, reduced.tolist()) if math.isfinite(v)},
+                          step=state.iteration)
         bar.update(state.iteration, reward=stats["reward"], d_acc=stats["d_acc"], loss=stats["student_loss"])
         if checkpoint_dir is not None and (state.iteration % distill_cfg["checkpoint_every"] == 0
                                            or state.iteration == total):

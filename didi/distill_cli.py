@@ -19,11 +19,16 @@ log = logging.getLogger("didi.distill")
 
 
 def summary(history: dict, last: int = 20) -> dict:
-    """Means over the whole run and over its last `last` iterations (the curves themselves go in `history`)."""
-    curves = {k: v for k, v in history.items() if k not in RUN_KEYS and v}
+    """Means over the whole run and over its last `last` iterations (the curves themselves go in `history`), each
+    over the iterations that computed the value (a discriminator warm-up leaves the student's as NaN)."""
+    curves = {k: np.asarray(v, dtype=np.float64) for k, v in history.items() if k not in RUN_KEYS and v}
+
+    def mean(v):
+        return float(v[np.isfinite(v)].mean()) if np.isfinite(v).any() else None
+
     return {
-        "mean_reward": float(np.mean(curves["reward"])), "mean_d_accuracy": float(np.mean(curves["d_acc"])),
-        "final_means_over": last, **{f"final_{k}": float(np.mean(v[-last:])) for k, v in curves.items()},
+        "mean_reward": mean(curves["reward"]), "mean_d_accuracy": mean(curves["d_acc"]),
+        "final_means_over": last, **{f"final_{k}": mean(v[-last:]) for k, v in curves.items()},
     }
 
 

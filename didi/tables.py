@@ -416,12 +416,17 @@ DYNAMICS = [  # (history key of distill metrics.json, panel title)
 
 
 def moving_average(values, window: int) -> np.ndarray:
-    """Trailing mean over the last `window` values (fewer at the start), so a curve keeps its length."""
+    """Trailing mean over the last `window` values (fewer at the start), so a curve keeps its length. NaN values
+    (what a discriminator warm-up iteration does not compute) are skipped; a window of NaN only is NaN."""
     v = np.asarray(values, dtype=np.float64)
-    cumsum = np.concatenate([[0.0], np.cumsum(v)])
+    finite = np.isfinite(v)
+    cumsum = np.concatenate([[0.0], np.cumsum(np.where(finite, v, 0.0))])
+    counts = np.concatenate([[0], np.cumsum(finite)])
     i = np.arange(1, len(v) + 1)
     start = np.maximum(0, i - window)
-    return (cumsum[i] - cumsum[start]) / (i - start)
+    n = counts[i] - counts[start]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(n > 0, (cumsum[i] - cumsum[start]) / n, np.nan)
 
 
 def smooth_window(n: int) -> int:

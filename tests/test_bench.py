@@ -82,6 +82,9 @@ def test_bench_on_synthetic_tokens_reads_no_dataset_and_no_tokenizer(tmp_path, m
     fresh = DiT(DiTConfig.from_config(cfg["model"], 301, L))  # vocab = tokenizer.vocab_size + [MASK]
     assert res["teacher"]["parameters"] == sum(p.numel() for p in fresh.parameters())
     assert res["teacher"]["training"]["global_batch"] == 4 and res["distill"]["iterations"] == 1
+    assert res["distill"]["discriminator_warmup_iterations_per_s"] > 0
+    assert res["distill"]["warmup_speedup"] == pytest.approx(
+        res["distill"]["discriminator_warmup_iterations_per_s"] / res["distill"]["iterations_per_s"])
     assert [row["nfe"] for row in res["speedup"]["student"]] == [4]
 
 

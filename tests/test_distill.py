@@ -14,7 +14,7 @@ from torch import nn
 
 from didi import config
 from didi.diffusion import LogLinearSchedule, sample
-from didi import objective
+from didi import distill_cli, objective
 from didi.distill import build_state, distill_step, run_distillation
 from didi.objective import divergence, grouped_advantages, rollout, sample_tau, smoothed_bce
 
@@ -753,9 +753,33 @@ def test_discriminator_warmup_holds_the_student_still_then_lets_it_move():
         assert moved(before[0], after[0]) is (it >= 3)        # the student only after the warm-up
         assert moved(before[1], after[1]) is (it >= 3)        # and so does its EMA
     assert seen[3][1][3] == pytest.approx(cfg["distill"]["student_lr"] / 4)  # its warm-up starts at step 0
-    history = run_distillation(teacher, positives, cfg["distill"], config.variant_method(cfg, "full"), SCHED, 11,
-                               seed=0, progress=False).history
+
+    # a warm-up iteration computes no reward and no student loss (its cost is the rollout and the discriminator's
+    # step): NaN in the history, which the run's summary skips
+    calls = {"rewards": 0, "regulariser": 0}
+
+    def counted(name):
+        original = getattr(objective, name)
+
+        def wrapper(*args, **kwargs):
+            calls[name] += 1
+            return original(*args, **kwargs)
+        return wrapper
+
+    with pytest.MonkeyPatch.context() as patch:
+        for name in calls:
+            patch.setattr(objective, name, counted(name))
+        history = run_distillation(teacher, positives, cfg["distill"], config.variant_method(cfg, "full"), SCHED, 11,
+                                   seed=0, progress=False).history
+    assert calls == {"rewards": 2, "regulariser": 2}
     assert len(history["d_acc"]) == 5 and history["grad_norm"][:3] == [0.0, 0.0, 0.0]
+    for key in ("reward", "pg_loss", "kl", "entropy", "student_loss"):
+        assert np.isnan(history[key][:3]).all() and np.isfinite(history[key][3:]).all(), key
+    assert np.isfinite(history["d_acc"]).all() and np.isfinite(history["d_loss"]).all()
+    means = distill_cli.summary(history, last=4)
+    assert means["mean_reward"] == pytest.approx(np.mean(history["reward"][3:]))
+    assert means["final_kl"] == pytest.approx(np.mean(history["kl"][3:]))
+    assert means["final_d_acc"] == pytest.approx(np.mean(history["d_acc"][1:]))
 
 
 def test_exact_reward_replaces_the_discriminator_and_its_correlation_is_logged():

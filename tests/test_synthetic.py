@@ -237,6 +237,9 @@ def test_exact_rows_in_the_results_table(tmp_path):
 # ---------------------------------------------------------------------------------------------- dynamics
 def test_moving_average_small_case():
     assert np.allclose(tables.moving_average([1, 3, 5, 7], 2), [1, 2, 4, 6])
+    # NaN (a discriminator warm-up's student-side values) is skipped, and a window of NaN only stays NaN
+    smoothed = tables.moving_average([np.nan, np.nan, 3, 5, 7], 2)
+    assert np.isnan(smoothed[:2]).all() and np.allclose(smoothed[2:], [3, 4, 6])
 
 
 def test_dynamics_figure_from_fake_histories(tmp_path):
