@@ -163,14 +163,14 @@ def distill_step(state: DistillState, positives: torch.Tensor, generator) -> dic
     with torch.set_grad_enabled(student_moves):
         roll = objective.rollout(state.student, rows, state.seq_len, tau, sched, mask_id, method, distill_cfg["t0"],
                                  generator, distill_cfg["rollout_precision"], device)
+    rollout_stats = {"logp": roll["logp"].mean().item(), "fake_mask_left": (roll["x"] == mask_id).float().mean().item()}
     # 4. corruption of student samples and positives
     z_fake, z_real, tau_real = objective.corrupt_both(roll["x"], real, tau, sched, mask_id, method,
                                                       distill_cfg["tau_clip"], generator)
     if not student_moves:  # the discriminator's warm-up: its step is all there is (no reward, no student loss)
         d_loss, d_acc = discriminator_steps(state, z_real, tau_real, z_fake, tau, count)
         state.iteration += 1
-        return {**WARMUP_STATS, "d_loss": d_loss.item(), "d_acc": d_acc.item(), "logp": roll["logp"].mean().item(),
-                "fake_mask_left": (roll["x"] == mask_id).float().mean().item(),
+        return {**WARMUP_STATS, **rollout_stats, "d_loss": d_loss.item(), "d_acc": d_acc.item(),
                 **({"reward_exact_corr": math.nan} if state.exact_reward is not None else {})}
     # 5-6. discriminator step(s); the reward from the just-updated discriminator (or from the one before it)
     # reward_times "rollout": the reward reads z_fake and reward_corruptions - 1 further corruptions at tau;
@@ -214,8 +214,7 @@ def distill_step(state: DistillState, positives: torch.Tensor, generator) -> dic
     return {
         "student_loss": loss.item(), "pg_loss": pg_loss.item(), "kl": kl.item(), "entropy": entropy.item(),
         "reward": reward.mean().item(), "d_loss": d_loss.item(), "d_acc": d_acc.item(),
-        "grad_norm": float(grad_norm), "logp": roll["logp"].mean().item(),
-        "fake_mask_left": (roll["x"] == mask_id).float().mean().item(),
+        "grad_norm": float(grad_norm), **rollout_stats,
         # how well the reward ranks a group's samples by the study world's likelihood (didi study only)
         **({"reward_exact_corr": objective.within_group_correlation(reward, exact, G).item()}
            if exact is not None else {}),
