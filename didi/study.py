@@ -205,7 +205,7 @@ def gap_table(frame: pd.DataFrame, ks: list[int], seq_len: int) -> pd.DataFrame:
             at = part[part.K == k]
             entry[f"nll@{k}"] = at.nll.mean()
             entry[f"spread@{k}"] = at.nll.max() - at.nll.min()
-            if k != seq_len:
+            if k != seq_len and {k, seq_len} <= set(teacher.index):  # no reference scored (--only): no share
                 entry[f"closed@{k}"] = (teacher[k] - at.nll.mean()) / (teacher[k] - teacher[seq_len])
             if k in exact.index:
                 entry[f"denoiser_closed@{k}"] = (teacher[k] - at.nll.mean()) / (teacher[k] - exact[k])

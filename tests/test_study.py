@@ -39,6 +39,11 @@ def test_gap_table_by_hand():
     assert table.loc["row", "denoiser_closed@4"] == pytest.approx((2.0 - 1.6) / (2.0 - 1.8))
     assert table.loc["row", "denoiser_closed@32"] == pytest.approx((1.2 - 1.2) / (1.2 - 1.0))
     assert table.loc["exact_denoiser", "denoiser_closed@8"] == pytest.approx(1.0)
+    # `--only` into a fresh directory scores no teacher: the means stand, no share of a gap is claimed
+    students = pd.DataFrame([r for r in rows if r["name"] == "row"])
+    table = study.gap_table(students, [4, 8, 32], seq_len=32).set_index("row")
+    assert table.loc["row", "nll@4"] == pytest.approx(1.6)
+    assert not any(c.startswith("closed@") for c in table.columns)
 
 
 def test_row_overrides_merge_and_unknown_keys_are_named():
