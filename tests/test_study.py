@@ -1,5 +1,6 @@
 """The study runner's pure parts: its diversity metric, its gap table and its row overrides."""
 
+import json
 import math
 
 import numpy as np
@@ -153,3 +154,37 @@ def test_reward_spread_script_reads_the_dag_run(smoke_run):
         assert row["weight"] == pytest.approx(min(max(1 / t, lo), hi) / (6 * t * (1 - t)), rel=1e-5)
         assert row["group_std"] >= 0 and -1 <= row["corr"] <= 1
     assert [r["tau"] for r in rows] == [0.05, 0.5]
+
+
+def test_ranking_vs_gain_script_reads_gains_by_hand_and_counts_a_run_once(tmp_path):
+    """scripts/ranking_vs_gain.py: the gain is the teacher's NLL minus the model's at K; a control row is left out;
+    the same run kept in two directories under two names counts once (the copy that scored more models)."""
+    import importlib.util
+
+    from conftest import REPO
+
+    spec = importlib.util.spec_from_file_location("ranking_vs_gain", REPO / "scripts" / "ranking_vs_gain.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+
+    def write(directory, runs):  # runs: {(name, seed): (reward-judge corr per iteration, {model: nll at K 8})}
+        directory.mkdir()
+        lines = [{"name": "teacher", "seed": 0, "model": "teacher", "K": 8, "nll": 5.0}]
+        lines += [{"name": n, "seed": s, "model": m, "K": k, "nll": nll + (k == 16)}
+                  for (n, s), (_, nlls) in runs.items() for m, nll in nlls.items() for k in (8, 16)]
+        pd.DataFrame(lines).to_csv(directory / "results.csv", index=False)
+        (directory / "histories.json").write_text(json.dumps(
+            {"teacher/0": {}, **{f"{n}/{s}": {"reward_exact_corr": corr} for (n, s), (corr, _) in runs.items()}}))
+
+    curve = [float("nan")] * 10 + [0.0] * 140 + [0.3] * 10  # the last 150: mean 0.02; warm-up NaN skipped
+    write(tmp_path / "a", {("recipe", 1): (curve, {"raw": 4.9}),
+                           ("control_shuffled_advantages", 1): ([0.5] * 150, {"raw": 4.0}),
+                           ("other", 2): ([0.1] * 150, {"raw": 5.1, "raw+rgas:h3": 4.8})})
+    write(tmp_path / "b", {("full", 1): (curve, {"raw": 4.9, "raw+rgas:h3": 4.7, "teacher+rgas:h3": 4.8})})
+    table = script.runs(tmp_path, 8).set_index(["name", "seed"]).sort_index()
+    assert list(table.index) == [("full", 1), ("other", 2)]  # recipe/1 is full/1; the control is left out
+    assert table.loc[("full", 1), "corr"] == pytest.approx(0.02)
+    assert table.loc[("full", 1), "raw"] == pytest.approx(0.1)
+    assert table.loc[("full", 1), "raw+rgas:h3"] == pytest.approx(0.3)
+    assert table.loc[("other", 2), "raw"] == pytest.approx(-0.1)
+    assert np.isnan(table.loc[("other", 2), "teacher+rgas:h3"])  # not scored in that run
