@@ -16,11 +16,12 @@ gain with the reward's correlation, over the runs that scored that model. A run 
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from didi import io
 
 LEFT_OUT = ("control", "shuffled", "oracle", "sequence")
 MODELS = {"raw": "raw student", "raw+rgas:h3": "raw student + RGAS (h 3 -> 4)",
@@ -33,7 +34,7 @@ def runs(study: Path, k: int) -> pd.DataFrame:
         scores = pd.read_csv(histories_path.with_name("results.csv"))
         at_k = scores[scores.K == k]
         teacher = at_k[at_k.model == "teacher"].nll
-        for key, history in json.loads(histories_path.read_text()).items():
+        for key, history in io.read_json(histories_path).items():
             name, seed = key.rsplit("/", 1)
             if name == "teacher" or any(word in name for word in LEFT_OUT) or teacher.empty:
                 continue
