@@ -34,9 +34,11 @@ def runs(study: Path, k: int) -> pd.DataFrame:
         scores = pd.read_csv(histories_path.with_name("results.csv"))
         at_k = scores[scores.K == k]
         teacher = at_k[at_k.model == "teacher"].nll
+        if teacher.empty:  # no reference at this K: no gain to read
+            continue
         for key, history in io.read_json(histories_path).items():
             name, seed = key.rsplit("/", 1)
-            if name == "teacher" or any(word in name for word in LEFT_OUT) or teacher.empty:
+            if name == "teacher" or any(word in name for word in LEFT_OUT):
                 continue
             run = at_k[(at_k.name == name) & (at_k.seed == int(seed))]
             corr = np.asarray(history["reward_exact_corr"], dtype=float)[-150:]

@@ -134,16 +134,24 @@ def test_score_model_with_unguided_rgas_is_the_ancestral_score():
     assert guided[4]["nll"] != plain[4]["nll"]
 
 
-def test_reward_spread_script_reads_the_dag_run(smoke_run):
-    """scripts/reward_spread.py on the smoke DAG's `full` run: per tau a non-negative within-group spread of the
-    reward, a correlation in [-1, 1] and the policy gradient's time weight omega(tau) / pi(tau) by hand."""
+def load_script(name: str):
+    """scripts/<name>.py as a module (scripts/ is not a package)."""
     import importlib.util
 
     from conftest import REPO
 
-    spec = importlib.util.spec_from_file_location("reward_spread", REPO / "scripts" / "reward_spread.py")
+    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
+    return script
+
+
+def test_reward_spread_script_reads_the_dag_run(smoke_run):
+    """scripts/reward_spread.py on the smoke DAG's `full` run: per tau a non-negative within-group spread of the
+    reward, a correlation in [-1, 1] and the policy gradient's time weight omega(tau) / pi(tau) by hand."""
+    from conftest import REPO
+
+    script = load_script("reward_spread")
     cfg = config.load([REPO / "config.yaml", REPO / "presets" / "smoke.yaml"], {"results": str(smoke_run)})
     method = config.variant_method(cfg, "full")
     assert method["tau_distribution"] == "beta22" and method["importance_weight"] and method["omega"]
@@ -159,13 +167,7 @@ def test_reward_spread_script_reads_the_dag_run(smoke_run):
 def test_ranking_vs_gain_script_reads_gains_by_hand_and_counts_a_run_once(tmp_path):
     """scripts/ranking_vs_gain.py: the gain is the teacher's NLL minus the model's at K; a control row is left out;
     the same run kept in two directories under two names counts once (the copy that scored more models)."""
-    import importlib.util
-
-    from conftest import REPO
-
-    spec = importlib.util.spec_from_file_location("ranking_vs_gain", REPO / "scripts" / "ranking_vs_gain.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = load_script("ranking_vs_gain")
 
     def write(directory, runs):  # runs: {(name, seed): (reward-judge corr per iteration, {model: nll at K 8})}
         directory.mkdir()
