@@ -4,10 +4,11 @@
 
 
 import os
+import sys
 
 from snakemake.utils import min_version
 
-from didi.config import validate
+from didi.config import check_profiles, validate
 
 min_version("9.0")
 
@@ -19,6 +20,10 @@ configfile: "config.yaml"
 # names the config file(s) and the key.
 config_files = dict.fromkeys(os.path.abspath(f) for f in workflow.configfiles)
 validate(config, source=", ".join(config_files) or "config", sweeps=True)
+# A cluster profile still holding its EDIT-... placeholders (profiles/slurm/config.yaml as shipped) stops here, dry
+# runs included, naming the profile file and each key to fill in: before anything is planned or submitted.
+if workflow.is_main_process:
+    check_profiles(sys.argv[1:], os.environ.get("SNAKEMAKE_PROFILE"))
 
 
 report: "workflow/report/workflow.rst"

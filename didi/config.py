@@ -102,6 +102,13 @@ def check_cross_keys(cfg: dict, source: str = "config", nfe: bool = True) -> Non
         untrained = [v for v in d["rgas"]["variants"] if v not in d["run"]]
         if untrained:
             problems.append(f"distill.rgas.variants: {untrained} not in distill.run {d['run']}")
+    if "judge" in cfg and "data" in cfg and cfg["judge"]["kind"] == "lm" and not cfg["judge"]["pretrained"]:
+        # a judge that cannot see a whole sample scores a cut sample: every gen-PPL would be of the cut
+        judge, seq_len = cfg["judge"], cfg["data"]["seq_len"]
+        for key in ("n_positions", "seq_len"):
+            if judge[key] < seq_len:
+                problems.append(f"judge.{key}: {judge[key]} < data.seq_len = {seq_len} (the judge must see a whole "
+                                f"sample: set judge.n_positions and judge.seq_len to at least {seq_len})")
     if nfe and "data" in cfg:
         seq_len = cfg["data"]["seq_len"]
         nfe_keys = {}
@@ -115,8 +122,25 @@ def check_cross_keys(cfg: dict, source: str = "config", nfe: bool = True) -> Non
             too_many = [k for k in values if k > seq_len]
             if too_many:
                 problems.append(f"{key}: NFE {too_many} > data.seq_len = {seq_len} (at most one step per position)")
+    if "teacher" in cfg and cfg["teacher"].get("finetune_steps") is not None and not cfg["teacher"]["init_from"]:
+        problems.append("teacher.finetune_steps: set, but teacher.init_from is null (it counts the steps trained "
+                        "from a released teacher; presets/paper-released-teacher.yaml)")
     if problems:
         raise ConfigError(f"{source}: invalid config:\n  " + "\n  ".join(problems))
+
+
+def teacher_steps(teacher_cfg: dict) -> int:
+    """The steps `didi train-teacher` trains: teacher.finetune_steps when it starts from a released teacher
+    (teacher.init_from) and says how many, else teacher.steps (the from-scratch budget, which a locally trained AR
+    baseline also reads)."""
+    finetune = teacher_cfg.get("finetune_steps")
+    return finetune if teacher_cfg["init_from"] and finetune is not None else teacher_cfg["steps"]
+
+
+def imports_teacher(cfg: dict) -> bool:
+    """True when the released teacher of teacher.init_from is used as is (teacher.finetune_steps: 0): the
+    workflow then imports it (rule import_teacher) instead of training (rule train_teacher)."""
+    return bool(cfg["teacher"]["init_from"]) and cfg["teacher"].get("finetune_steps") == 0
 
 
 def is_local_path(value: str) -> bool:
@@ -133,7 +157,9 @@ def check_paths(cfg: dict, source: str = "config") -> None:
             continue
         must_be_path = key in ("corpus.source", "teacher.init_from")
         if (must_be_path or is_local_path(value)) and not Path(value).expanduser().exists():
-            raise ConfigError(f"{source}: {key}: file or directory not found: {value}")
+            hint = (" (a released MDLM/DUO checkpoint converted by `didi convert`: docs/paper-scale.md, step 4)"
+                    if key == "teacher.init_from" else "")
+            raise ConfigError(f"{source}: {key}: file or directory not found: {value}{hint}")
 
 
 def load(paths: list[str | Path] | None = None, overrides: dict | None = None) -> dict:
@@ -195,9 +221,14 @@ STEPS: dict[str, tuple[tuple[str, ...], dict[str, tuple[str, ...] | str]]] = {
     "distill": (
         ("seed", "diffusion", "distill", "wandb"),
         {"diffusion": ("sampling_t_end", "sampling_precision", "cache"),  # the rollout has distill.rollout_precision
-         "distill": ("log_every", "checkpoint_every", "nfe", "run", "rgas", "method", "variants",
+         "distill": ("log_every", "checkpoint_every", "nfe", "seeds", "run", "rgas", "method", "variants",
                      "teacher_pool_size", "teacher_pool_nfe", "student_weights"),
          "wandb": ALL},
+    ),
+    # a released teacher used as is (teacher.finetune_steps: 0): the checks of the import read these
+    "import_teacher": (
+        ("seed", "data", "model", "teacher"),
+        {"data": ("num_proc",), "teacher": ("log_every", "checkpoint_every", "eval_every", "eval_batches")},
     ),
     # the AR baseline: the teacher's budget and recipe (not its cadence nor its DiT-only switches)
     "train_baseline": (
@@ -303,6 +334,67 @@ def run_check_inputs(args: argparse.Namespace) -> int:
 COMMANDS = {"check-inputs": (add_check_inputs_arguments, run_check_inputs)}
 
 
+# ---------------------------------------------------------------------------------------------- cluster profiles
+PLACEHOLDER = "EDIT"
+
+
+def profile_placeholders(profile_file: str | Path) -> list[str]:
+    """`key.path = 'EDIT-...'` for every value of a Snakemake profile still holding a placeholder (comments are not
+    values, so the optional `# slurm-qos: "EDIT"` lines do not count)."""
+    found = []
+
+    def walk(node, where):
+        if isinstance(node, dict):
+            for key, value in node.items():
+                walk(value, f"{where}.{key}" if where else str(key))
+        elif isinstance(node, list):
+            for i, value in enumerate(node):
+                walk(value, f"{where}[{i}]")
+        elif isinstance(node, str) and node.startswith(PLACEHOLDER):
+            found.append(f"{where} = {node!r}")
+        elif isinstance(node, str) and "=" in node and node.split("=", 1)[1].startswith(PLACEHOLDER):
+            found.append(f"{where} = {node!r}")  # the list form of resources: `- slurm_account=EDIT-account`
+
+    walk(read_yaml(profile_file), "")
+    return found
+
+
+def profile_files(argv: list[str], env_profile: str | None = None) -> list[Path]:
+    """The profile file(s) of a Snakemake command line (`--profile X`, `--profile=X`, `--workflow-profile X`) or of
+    $SNAKEMAKE_PROFILE, resolved the way Snakemake resolves them (a directory holding config.yaml, or the file)."""
+    from snakemake.cli import get_profile_dir
+
+    given = any(arg == "--profile" or arg.startswith("--profile=") for arg in argv)
+    names = [env_profile] if env_profile and not given else []
+    for i, arg in enumerate(argv):
+        for flag in ("--profile", "--workflow-profile"):
+            if arg == flag and i + 1 < len(argv):
+                names.append(argv[i + 1])
+            elif arg.startswith(flag + "="):
+                names.append(arg.split("=", 1)[1])
+    files = []
+    for name in names:
+        entry = get_profile_dir(name) if name and name != "none" else None
+        if entry is not None:
+            files.append(Path(entry[1]))
+    return files
+
+
+def check_profiles(argv: list[str], env_profile: str | None = None) -> None:
+    """Stop before any job is planned or submitted when a profile on the command line still has `EDIT-...`
+    placeholders (profiles/slurm/config.yaml as shipped): name the file and every key to fill in."""
+    problems = []
+    for path in profile_files(argv, env_profile):
+        left = profile_placeholders(path)
+        if left:
+            problems.append(f"{path}: still has placeholder value(s) to replace with your cluster's:\n    "
+                            + "\n    ".join(left))
+    if problems:
+        raise ConfigError("\n".join(problems) + "\n  Fill them in (`sinfo -s` lists partitions, `sacctmgr show assoc "
+                          "user=$USER` your accounts; delete slurm_account if your site has none): "
+                          "docs/paper-scale.md, step 5.")
+
+
 def from_args(args: argparse.Namespace) -> dict:
     if getattr(args, "config_json", None):
         try:
@@ -311,6 +403,25 @@ def from_args(args: argparse.Namespace) -> dict:
             raise ConfigError(f"--config-json: not valid JSON: {err}") from err
         return validate(cfg, source="--config-json", partial=True)
     return load(getattr(args, "configfile", None))
+
+
+def distill_seeds(cfg: dict) -> list[int]:
+    """The distillation seeds: distill.seeds, or the config seed alone when it is null."""
+    return list(cfg["distill"]["seeds"] or [cfg["seed"]])
+
+
+STUDENT_MODEL = re.compile(r"student-(?P<variant>[A-Za-z0-9_]+)-seed(?P<seed>\d+)")
+
+
+def student_model(variant: str, seed: int) -> str:
+    """The model name of a distilled student (sample and evaluation directories, the results table)."""
+    return f"student-{variant}-seed{seed}"
+
+
+def parse_student_model(model: str) -> tuple[str, int] | None:
+    """(variant, distillation seed) of a student's model name; None for any other model."""
+    match = STUDENT_MODEL.fullmatch(model)
+    return (match["variant"], int(match["seed"])) if match else None
 
 
 def variant_method(cfg: dict, variant: str) -> dict:

@@ -15,7 +15,7 @@ id, so it does not depend on file-system or row order.
 Vocabulary: `len(tokenizer)` real ids (EOS = BOS, and a distinct [PAD]) plus [MASK] = `len(tokenizer)` outside
 the tokenizer; model vocab = `len(tokenizer) + 1` (`special_ids`).
 
-Packing (method.md section 1, MDLM's `_group_texts`): with `data.wrap`, each document's ids + [EOS] are
+Packing (docs/method.md section 1, MDLM's `_group_texts`): with `data.wrap`, each document's ids + [EOS] are
 concatenated, cut into chunks of L - 2 and each chunk is wrapped [BOS] + chunk + [EOS]; only the final remainder
 is dropped (MDLM drops a remainder per map batch of 1000 documents; we concatenate the whole split). Without wrap,
 each document becomes one row [BOS] + its first L - 2 ids + [EOS], right-padded with [PAD].

@@ -1,4 +1,4 @@
-"""Masked (absorbing-state) diffusion maths, MDLM style (method.md section 1), apart from any network.
+"""Masked (absorbing-state) diffusion maths, MDLM style (docs/method.md section 1), apart from any network.
 
 A denoiser is any `model_fn(z [B, L] long, sigma [B] float) -> logits [B, L, V+1]` whose last id is [MASK].
 Everything here runs on the denoiser's device; random draws go through an explicit `torch.Generator`, which may

@@ -1,10 +1,10 @@
-"""The DiDi-Instruct discriminator (method.md section 2, step 5).
+"""The DiDi-Instruct discriminator (docs/method.md section 2, step 5).
 
 A copy of the teacher's DiT trunk (embedding -> blocks), conditioned on the TRUE noise level, with a small
 spectral-norm head giving one logit per token. Only the last N blocks and the head are trainable. At the BCE
 optimum its logit is log q_real(z_t) / q_student(z_t): the density ratio the student's reward is built from.
 It also takes soft tokens (probabilities over the vocabulary, embedded as probs @ embedding matrix), which is
-what RGAS differentiates through (method.md section 3).
+what RGAS differentiates through (docs/method.md section 3).
 """
 
 from __future__ import annotations

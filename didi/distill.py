@@ -1,4 +1,4 @@
-"""DiDi-Instruct: distil a masked-diffusion teacher into a few-step student (method.md section 2).
+"""DiDi-Instruct: distil a masked-diffusion teacher into a few-step student (docs/method.md section 2).
 
 One iteration (`distill_step`):
  1. B positive rows (real data, or teacher samples), each repeated G times: one group = G student samples.
@@ -41,7 +41,7 @@ from didi.diffusion import LogLinearSchedule
 log = logging.getLogger("didi.distill")
 
 # keys of cfg["distill"] that do not change the trajectory: a checkpoint stays valid when only they change
-NON_TRAJECTORY_KEYS = ("iterations", "log_every", "checkpoint_every", "nfe", "run", "variants", "rgas",
+NON_TRAJECTORY_KEYS = ("iterations", "seeds", "log_every", "checkpoint_every", "nfe", "run", "variants", "rgas",
                        "teacher_pool_size", "teacher_pool_nfe", "student_weights")
 # streams of seeds, runtime.seed(config seed, STREAM, ...): each kind of draw has its own
 SHARED_ROWS, GROUP_NOISE, DROPOUT, DISCRIMINATOR_INIT = 0, 1, 2, 3
@@ -80,7 +80,7 @@ def build_state(teacher: nn.Module, distill_cfg: dict, method: dict, schedule: L
                 seq_len: int, discriminator: nn.Module | None = None, dist: distributed.DistInfo | None = None,
                 seed: int = 0) -> DistillState:
     """Student, EMA student and (by default) discriminator initialised from the teacher's weights, explicitly,
-    AFTER the teacher was loaded (the official code copied an uninitialised network: method.md section 6).
+    AFTER the teacher was loaded (the official code copied an uninitialised network: docs/method.md section 6).
     The discriminator head (and its spectral-norm vectors) are drawn from `seed`, the same on every rank."""
     teacher.eval().requires_grad_(False)
     student = copy.deepcopy(teacher).train().requires_grad_(True)

@@ -46,6 +46,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tokens", required=True, help="training token blocks [N, L] (.npy)")
     p.add_argument("--tokenizer", required=True, help="tokenizer directory ([MASK] = len(tokenizer))")
     p.add_argument("--variant", required=True, help="a name in distill.variants")
+    p.add_argument("--seed", type=int, default=None,
+                   help="distillation seed (one of distill.seeds; default: the config seed)")
     p.add_argument("--teacher-pool", default=None, help="teacher samples [N, L] (.npy) for positives: teacher")
     p.add_argument("--out-dir", required=True)
 
@@ -58,28 +60,29 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = config.from_args(args)
     method = config.variant_method(cfg, args.variant)
+    seed = cfg["seed"] if args.seed is None else args.seed
     info = runtime.start_process()
     out = Path(args.out_dir)
     teacher, _ = load_dit(args.teacher, info.device)
     mask_id = mask_id_of(teacher, AutoTokenizer.from_pretrained(args.tokenizer), args.teacher, args.tokenizer)
     positives = load_positives(args.tokens, args.teacher_pool, method["positives"])
     if info.is_main:
-        log.info("variant %s on %s x%d: %s", args.variant, info.device, info.world_size, method)
-    wandb_run = runtime.start_wandb(cfg, out, f"distill-{args.variant}") if info.is_main else None
+        log.info("variant %s, seed %d, on %s x%d: %s", args.variant, seed, info.device, info.world_size, method)
+    wandb_run = runtime.start_wandb(cfg, out, f"distill-{args.variant}-seed{seed}") if info.is_main else None
     t_start = time.perf_counter()
     state = run_distillation(teacher, positives, cfg["distill"], method, LogLinearSchedule(cfg["diffusion"]["eps"]),
-                             mask_id, cfg["seed"], info.device, checkpoint_dir=out / "checkpoints", dist=info,
+                             mask_id, seed, info.device, checkpoint_dir=out / "checkpoints", dist=info,
                              wandb_run=wandb_run)
     seconds = time.perf_counter() - t_start
     if info.is_main:
-        extra = {"distill": {"variant": args.variant, "method": method, "iterations": state.iteration,
+        extra = {"distill": {"variant": args.variant, "seed": seed, "method": method, "iterations": state.iteration,
                              "teacher": str(args.teacher)}}
         save_dit(out / "student", state.student_ema, extra)
         save_dit(out / "student_raw", state.student, extra)
         save_discriminator(out / "discriminator", state.discriminator, extra)
         ran = state.history["iterations_this_run"][0]
         metrics = {
-            "variant": args.variant, "method": method, "iterations": state.iteration,
+            "variant": args.variant, "seed": seed, "method": method, "iterations": state.iteration,
             "iterations_this_run": ran, "resumed_from_iteration": state.history["resumed_from_iteration"][0],
             "wall_clock_s": seconds,
             "iterations_per_s": ran / max(state.history["seconds_this_run"][0], 1e-9) if ran else None,

@@ -1,6 +1,6 @@
 """Evaluation of generated text: generative perplexity under a judge LM, unigram entropy, and MAUVE.
 
-The protocol is method.md section 4, and the same code scores model samples and held-out real text.
+The protocol is docs/method.md section 4, and the same code scores model samples and held-out real text.
 
 Generative perplexity (`gen_ppl`)
   1. Each sample's decoded text is retokenised with the JUDGE's tokenizer (`add_special_tokens=False`: the text
@@ -370,13 +370,14 @@ def save_npy(path: str | Path, array: np.ndarray) -> None:
 
 def sample_fields(samples: Path, meta: dict) -> dict:
     """The identity of a sample file: its own meta (sampler, precision, nfe, temperature, ... as the sampler wrote
-    them), with model/variant from its directory."""
+    them), with model, variant and distillation seed from its directory (student-<variant>-seed<seed>)."""
     model = samples.parent.name
     fields = {k: v for k, v in meta.items() if k != "provenance"}
     if "provenance" in meta:
         fields["sample_provenance"] = meta["provenance"]
+    student = config.parse_student_model(model)
     fields["model"] = model
-    fields["variant"] = model.removeprefix("student-") if model.startswith("student-") else ""
+    fields["variant"], fields["distill_seed"] = student if student else ("", None)
     return fields
 
 

@@ -1,4 +1,4 @@
-"""The DiT denoiser (method.md section 1), in the style of MDLM's `models/dit.py` (kuleshov-group/mdlm).
+"""The DiT denoiser (docs/method.md section 1), in the style of MDLM's `models/dit.py` (kuleshov-group/mdlm).
 
 A bidirectional transformer over token ids: token embedding -> N blocks (rotary q/k, adaLN-zero modulation from a
 timestep embedding of sigma, GELU-tanh MLP) -> adaLN final layer with its own (untied) output projection.

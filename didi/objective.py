@@ -1,4 +1,4 @@
-"""The DiDi-Instruct objective (method.md section 2) as plain functions: no files, no DDP, no optimisers.
+"""The DiDi-Instruct objective (docs/method.md section 2) as plain functions: no files, no DDP, no optimisers.
 
 `distill.distill_step` strings them together into one iteration (recipe steps 1..10 there). Every switch of a
 variant is a key of the `method` dict (config distill.method + the variant's overrides), read where it acts.

@@ -1,4 +1,4 @@
-"""RGAS: reward-guided ancestral sampling with the DiDi-Instruct discriminator (method.md section 3).
+"""RGAS: reward-guided ancestral sampling with the DiDi-Instruct discriminator (docs/method.md section 3).
 
 The K-step ancestral sampler of `didi.diffusion.sample`, with the discriminator D as a reward:
 - steps i < tilt_fraction * K, gradient tilting: D reads a soft input (softmax of the student's logits at masked

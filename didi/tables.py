@@ -3,8 +3,10 @@
 `didi table` writes one row per evaluation JSON (`didi evaluate` / `didi reference`), in the order the files are
 given (the workflow lists the teacher first, then the students in `distill.run` order), with exactly these columns:
 
-    model                 "teacher", "student-<variant>", "gpt2" (the AR baseline) or "reference" (held-out text)
+    model                 "teacher", "student-<variant>-seed<seed>" (one distillation), "student-<variant>" (its
+                          seeds pooled), "gpt2" (the AR baseline) or "reference" (held-out text)
     variant               distillation variant ("" for the teacher, the AR baseline and the reference)
+    distill_seed          distillation seed of a student row (empty for pooled rows and every other model)
     sampler               "ancestral", "rgas" or "ar" (the AR baseline: one token per call) ("" for the reference)
     precision             categorical sampling precision, "float64" or "float32" ("" for the reference)
     nfe                   generator network function evaluations (steps K); empty for the reference
@@ -30,9 +32,16 @@ given (the workflow lists the teacher first, then the students in `distill.run` 
     gen_nll               judge NLL per scored token (nats) = log gen_ppl; under `judge.kind: exact` the true NLL
     nll_floor             exact judge only: the data's own NLL per token (no model beats it in expectation)
     invalid_tokens        exact judge only: non-state ids at chain positions (each scored log(leak / V))
+    seeds                 pooled rows: the distillation seeds pooled (one row per seed stands above them)
+    gen_ppl_seed_min, gen_ppl_seed_max  pooled rows: the lowest and highest seed's gen_ppl (the seed spread)
 
-`didi figures` reads that CSV and writes figures/{gen_ppl_vs_nfe, entropy_vs_nfe, ppl_vs_entropy, ablation}.{png,pdf}
-and tables/{main_table, ablation_table}.md (markdown via pandas `to_markdown`, i.e. `tabulate`).
+A pooled row (`pooled_rows`, one per variant, sampler, precision, NFE and temperature with two or more seeds) holds
+the mean over seeds: gen_ppl = exp(mean gen_nll), entropy and MAUVE the means; its bootstrap interval is empty
+(each seed's row has its own).
+
+`didi figures` reads that CSV and writes figures/{gen_ppl_vs_nfe, entropy_vs_nfe, ppl_vs_entropy, precision_regime,
+ablation}.{png,pdf}
+and tables/{main_table, ablation_table, seeds_table}.md (markdown via pandas `to_markdown`, i.e. `tabulate`).
 """
 
 from __future__ import annotations
@@ -49,17 +58,17 @@ from didi import config, io
 log = logging.getLogger("didi.tables")
 
 COLUMNS = [
-    "model", "variant", "sampler", "precision", "nfe", "temperature", "seed",
+    "model", "variant", "distill_seed", "sampler", "precision", "nfe", "temperature", "seed",
     "gen_ppl", "gen_ppl_lo", "gen_ppl_hi", "entropy", "entropy_std", "mauve",
     "num_samples", "scored_tokens", "network_calls_per_batch", "disc_forward_calls", "disc_backward_calls",
     "sampling_seconds", "tokens_per_s", "judge", "weights", "config_hash", "git_commit",
-    "gen_nll", "nll_floor", "invalid_tokens",
+    "gen_nll", "nll_floor", "invalid_tokens", "seeds", "gen_ppl_seed_min", "gen_ppl_seed_max",
 ]
 # network_calls_per_batch is a mean over batches (a cached step calls no network), so it stays a float
-INTEGER_COLUMNS = ["nfe", "seed", "num_samples", "scored_tokens", "disc_forward_calls", "disc_backward_calls",
+INTEGER_COLUMNS = ["nfe", "distill_seed", "seed", "seeds", "num_samples", "scored_tokens", "disc_forward_calls", "disc_backward_calls",
                    "invalid_tokens"]
-FIGURES = ["gen_ppl_vs_nfe", "entropy_vs_nfe", "ppl_vs_entropy", "ablation"]
-TABLES = ["main_table", "ablation_table"]
+FIGURES = ["gen_ppl_vs_nfe", "entropy_vs_nfe", "ppl_vs_entropy", "precision_regime", "ablation"]
+TABLES = ["main_table", "ablation_table", "seeds_table"]
 
 
 def calls_per_batch(ev: dict) -> float | None:
@@ -92,6 +101,7 @@ def row_from_eval(ev: dict) -> dict:
     row = {
         "model": ev["model"],
         "variant": ev.get("variant") or "",
+        "distill_seed": ev.get("distill_seed"),
         "sampler": ev.get("sampler") or "",
         "precision": ev.get("precision") or "",
         "nfe": None if ev.get("nfe") is None else int(ev["nfe"]),
@@ -119,6 +129,7 @@ def row_from_eval(ev: dict) -> dict:
         "gen_nll": ev.get("gen_nll", float(np.log(ev["gen_ppl"]))),
         "nll_floor": ev.get("nll_floor"),
         "invalid_tokens": ev.get("invalid_tokens"),
+        "seeds": None, "gen_ppl_seed_min": None, "gen_ppl_seed_max": None,
     }
     assert list(row) == COLUMNS
     return row
@@ -126,8 +137,39 @@ def row_from_eval(ev: dict) -> dict:
 
 def build_table(eval_paths: list[str | Path], reference: str | Path | None = None) -> pd.DataFrame:
     paths = list(eval_paths) + ([reference] if reference else [])
-    rows = [row_from_eval(io.read_json(p)) for p in paths]
-    return typed(pd.DataFrame(rows, columns=COLUMNS))
+    rows = typed(pd.DataFrame([row_from_eval(io.read_json(p)) for p in paths], columns=COLUMNS))
+    return typed(pd.concat([rows, pooled_rows(rows)], ignore_index=True)) if len(rows) else rows
+
+
+POOL_KEYS = ["variant", "sampler", "precision", "nfe", "temperature", "weights"]
+
+
+def pooled_rows(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per student setting (POOL_KEYS) distilled with two or more seeds: the mean over its seeds (gen_ppl
+    as exp of the mean NLL per token) and the seed spread; counts are summed, timings averaged."""
+    seeded = df[df["distill_seed"].notna()]
+    out = []
+    for _, g in seeded.groupby(POOL_KEYS, sort=False, dropna=False):
+        if g["distill_seed"].nunique() < 2:
+            continue
+        first = g.iloc[0]
+        row = {c: first[c] for c in COLUMNS}
+        nll = float(g["gen_nll"].mean())
+        row.update({
+            "model": f"student-{first['variant']}", "distill_seed": None, "gen_ppl": float(np.exp(nll)),
+            "gen_ppl_lo": None, "gen_ppl_hi": None, "gen_nll": nll, "entropy": float(g["entropy"].mean()),
+            "entropy_std": None, "mauve": float(g["mauve"].mean()) if g["mauve"].notna().all() else None,
+            "num_samples": int(g["num_samples"].sum()), "scored_tokens": int(g["scored_tokens"].sum()),
+            "network_calls_per_batch": float(g["network_calls_per_batch"].mean()),
+            "disc_forward_calls": int(g["disc_forward_calls"].sum()),
+            "disc_backward_calls": int(g["disc_backward_calls"].sum()),
+            "sampling_seconds": float(g["sampling_seconds"].mean()), "tokens_per_s": float(g["tokens_per_s"].mean()),
+            "invalid_tokens": None if g["invalid_tokens"].isna().all() else int(g["invalid_tokens"].sum()),
+            "seeds": int(g["distill_seed"].nunique()), "gen_ppl_seed_min": float(g["gen_ppl"].min()),
+            "gen_ppl_seed_max": float(g["gen_ppl"].max()),
+        })
+        out.append(row)
+    return pd.DataFrame(out, columns=COLUMNS)
 
 
 def typed(df: pd.DataFrame) -> pd.DataFrame:
@@ -182,6 +224,32 @@ def line_label(model: str, sampler: str, precision: str) -> str:
     return f"{model} {sampler} {precision}"
 
 
+def one_row_per_setting(df: pd.DataFrame) -> pd.DataFrame:
+    """The table without the per-seed student rows of settings that have a pooled row (figures draw the pool)."""
+    pooled = df[df["seeds"].notna()]
+    if pooled.empty:
+        return df
+    keys = set(pooled[POOL_KEYS].astype(str).itertuples(index=False, name=None))
+    in_pool = np.array([k in keys for k in df[POOL_KEYS].astype(str).itertuples(index=False, name=None)], dtype=bool)
+    return df[~(df["distill_seed"].notna().to_numpy() & in_pool)]
+
+
+STYLES = {  # (model kind, sampler) -> colour and marker: every kind of line distinct without its label
+    ("teacher", "ancestral"): ("tab:blue", "o"), ("student", "ancestral"): ("tab:orange", "s"),
+    ("student", "rgas"): ("tab:green", "^"), ("sdtt", "ancestral"): ("tab:purple", "D"),
+    ("gpt2", "ar"): ("tab:red", "*"), ("exact", "ancestral"): ("tab:gray", "v"),
+}
+
+
+def line_style(model: str, sampler: str, precision: str) -> dict:
+    """matplotlib keywords of a line: colour and marker by kind of model and sampler, dashed for float32."""
+    kind = "sdtt" if model.startswith("student-sdtt") else model.split("-")[0]
+    colour, marker = STYLES.get((kind, sampler), (None, "o"))
+    style = {"marker": marker, "markersize": 12 if marker == "*" else 6,
+             "linestyle": "--" if precision == "float32" else "-"}
+    return {**style, "color": colour} if colour else style
+
+
 def fmt_cell(ppl: float, entropy: float) -> str:
     return f"{ppl:.2f} ({entropy:.3f})"
 
@@ -197,19 +265,41 @@ def _empty(ax, what: str) -> None:
     ax.text(0.5, 0.5, f"no {what} rows in the results table", ha="center", va="center", transform=ax.transAxes)
 
 
-def plot_metric_vs_nfe(df: pd.DataFrame, metric: str, ylabel: str, log_y: bool):
-    """One line per (model, sampler, precision) at temperature 1; gen-PPL gets CI error bars; reference line."""
+def headline_precision(df: pd.DataFrame) -> str:
+    """The sampling precision of the headline figures: the students' (sampled at diffusion.sampling_precision
+    only), else the first generated row's."""
+    rows = generated(df)
+    rows = rows[rows["sampler"] != "ar"]
+    students = rows[rows["model"].str.startswith("student-")]
+    return (students if len(students) else rows)["precision"].iloc[0] if len(rows) else "float64"
+
+
+def plot_metric_vs_nfe(df: pd.DataFrame, metric: str, ylabel: str, log_y: bool, precisions: str = "headline"):
+    """One line per (model, sampler, precision) at temperature 1; gen-PPL gets CI error bars; reference line.
+    precisions "headline": the students' precision and the AR baseline (the other regime has a figure of its own);
+    "regimes": the models sampled at more than one precision, each precision a line (float32 dashed)."""
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
-    rows = at_temperature_one(generated(df))
+    rows = at_temperature_one(generated(one_row_per_setting(df)))
+    if precisions == "headline":
+        rows = rows[(rows["precision"] == headline_precision(df)) | (rows["sampler"] == "ar")]
+    else:
+        multi = rows.groupby(["model", "sampler"])["precision"].transform("nunique") > 1
+        rows = rows[multi]
     for (model, sampler, precision), g in rows.groupby(["model", "sampler", "precision"], sort=False):
         g = g.sort_values("nfe")
         yerr = None
         if metric == "gen_ppl" and g["gen_ppl_lo"].notna().all():
             yerr = np.vstack([g["gen_ppl"] - g["gen_ppl_lo"], g["gen_ppl_hi"] - g["gen_ppl"]])
-        ax.errorbar(g["nfe"], g[metric], yerr=yerr, marker="*" if sampler == "ar" else "o",  # AR: one point, NFE L-1
-                    markersize=12 if sampler == "ar" else 6, capsize=3, label=line_label(model, sampler, precision))
+        label = line_label(model, sampler, precision)
+        pooled = g["seeds"].notna().all()
+        if pooled:
+            label += f" (mean of {int(g['seeds'].iloc[0])} seeds)"
+        line = ax.errorbar(g["nfe"], g[metric], yerr=yerr, capsize=3, label=label, **line_style(model, sampler, precision))
+        if pooled and metric == "gen_ppl":  # the seed spread: lowest to highest seed
+            ax.fill_between(g["nfe"].astype(float), g["gen_ppl_seed_min"], g["gen_ppl_seed_max"],
+                            color=line.lines[0].get_color(), alpha=0.2, linewidth=0)
     ref = reference_row(df)
     if ref is not None:
         ax.axhline(ref[metric], color="black", linestyle="--", linewidth=1, label="real text (reference)")
@@ -267,7 +357,8 @@ def plot_ppl_vs_entropy(df: pd.DataFrame):
 
 
 def ablation_rows(df: pd.DataFrame) -> pd.DataFrame:
-    rows = at_temperature_one(df[df["model"].str.startswith("student-")]).copy()
+    rows = at_temperature_one(one_row_per_setting(df))
+    rows = rows[rows["model"].str.startswith("student-")].copy()
     multi_precision = rows["precision"].nunique() > 1
     rows["label"] = [
         r.variant
@@ -383,6 +474,93 @@ def ablation_table_md(df: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
+ENTROPY_TARGET = 0.98  # a student's entropy at least this share of the teacher's at K = L (docs/method.md)
+
+
+def seed_targets(df: pd.DataFrame) -> pd.DataFrame:
+    """Per distilled student (variant, seed, sampler) at temperature 1, the three targets against the teacher
+    (ancestral, the students' precision), with K1 < K2 the students' two smallest NFEs and L the teacher's largest:
+    `apart@K1`: its K1-step gen-PPL interval lies wholly below the teacher's at K1; `below_L@K2`: its K2-step gen-PPL
+    is at most the teacher's at L; `entropy`: its lowest entropy over its NFEs is at least ENTROPY_TARGET x the
+    teacher's at L. Empty when there are no seeded students or fewer than two student NFEs."""
+    rows = at_temperature_one(generated(df))
+    students = rows[rows["distill_seed"].notna()]
+    if students.empty or students["nfe"].nunique() < 2:
+        return pd.DataFrame()
+    precision = students["precision"].iloc[0]
+    teacher = rows[(rows["model"] == "teacher") & (rows["sampler"] == "ancestral") & (rows["precision"] == precision)]
+    teacher = teacher.drop_duplicates("nfe").set_index("nfe")
+    k1, k2 = sorted(students["nfe"].unique())[:2]
+    if teacher.empty or k1 not in teacher.index:
+        return pd.DataFrame()
+    at_l = teacher.loc[teacher.index.max()]
+    out = []
+    for (variant, seed, sampler), g in students.groupby(["variant", "distill_seed", "sampler"], sort=False):
+        g = g.set_index("nfe")
+        if not {k1, k2} <= set(g.index):
+            continue
+        entropy_ratio = g["entropy"].min() / at_l["entropy"]
+        entry = {
+            "variant": variant, "seed": int(seed), "sampler": sampler,
+            f"student@{k1}": f"{g.at[k1, 'gen_ppl']:.1f} [{g.at[k1, 'gen_ppl_lo']:.1f}, {g.at[k1, 'gen_ppl_hi']:.1f}]",
+            f"teacher@{k1}": (f"{teacher.at[k1, 'gen_ppl']:.1f} [{teacher.at[k1, 'gen_ppl_lo']:.1f}, "
+                              f"{teacher.at[k1, 'gen_ppl_hi']:.1f}]"),
+            f"apart@{k1}": bool(g.at[k1, "gen_ppl_hi"] < teacher.at[k1, "gen_ppl_lo"]),
+            f"student@{k2}": round(float(g.at[k2, "gen_ppl"]), 1),
+            f"teacher@{int(at_l.name)}": round(float(at_l["gen_ppl"]), 1),
+            f"below_L@{k2}": bool(g.at[k2, "gen_ppl"] <= at_l["gen_ppl"]),
+            "entropy_ratio": round(float(entropy_ratio), 3),
+            "entropy": bool(entropy_ratio >= ENTROPY_TARGET),
+        }
+        entry["all"] = entry[f"apart@{k1}"] and entry[f"below_L@{k2}"] and entry["entropy"]
+        out.append(entry)
+    return pd.DataFrame(out)
+
+
+def speedups(df: pd.DataFrame) -> pd.DataFrame:
+    """Sampling wall-clock of the pooled (or only) student at each of its NFEs against the teacher at L and the AR
+    baseline, from the same run: ratios of seconds per sample (the same sample count and batch size)."""
+    rows = at_temperature_one(generated(one_row_per_setting(df)))
+    students = rows[rows["model"].str.startswith("student-") & (rows["sampler"] == "ancestral")]
+    teacher = rows[(rows["model"] == "teacher") & (rows["sampler"] == "ancestral")]
+    if students.empty or teacher.empty:
+        return pd.DataFrame()
+    precision = students["precision"].iloc[0]
+    teacher = teacher[teacher["precision"] == precision]
+    at_l = teacher.loc[teacher["nfe"].idxmax()]
+    ar = rows[rows["sampler"] == "ar"]
+    per_sample = lambda r: r["sampling_seconds"] / r["num_samples"] * (r["seeds"] if pd.notna(r["seeds"]) else 1)
+    out = []
+    for _, r in students.iterrows():
+        entry = {"model": r["model"], "nfe": int(r["nfe"]), "seconds_per_sample": per_sample(r),
+                 f"vs_teacher@{int(at_l['nfe'])}": per_sample(at_l) / per_sample(r)}
+        if len(ar):
+            entry["vs_ar"] = per_sample(ar.iloc[0]) / per_sample(r)
+        out.append(entry)
+    return pd.DataFrame(out)
+
+
+def seeds_table_md(df: pd.DataFrame) -> str:
+    targets = seed_targets(df)
+    lines = ["Each distillation seed against the teacher (temperature 1): gen-PPL [95 % interval] at the smallest "
+             "student NFE with `apart` true when the intervals do not overlap, the next NFE against the teacher at "
+             f"K = L, and the student's lowest entropy over its NFEs as a share of the teacher's at L (target >= "
+             f"{ENTROPY_TARGET}).", ""]
+    if targets.empty:
+        return "\n".join(lines + ["(no seeded student rows in the results table)"]) + "\n"
+    lines.append(targets.to_markdown(index=False))
+    lines.append("")
+    for (variant, sampler), g in targets.groupby(["variant", "sampler"], sort=False):
+        apart = [c for c in g.columns if c.startswith("apart@")][0]
+        lines.append(f"- {variant} {sampler}: all three targets on {int(g['all'].sum())} of {len(g)} seeds; below the "
+                     f"teacher with intervals apart at NFE {apart.split('@')[1]} on {int(g[apart].sum())} of {len(g)}.")
+    fast = speedups(df)
+    if not fast.empty:
+        lines += ["", "Sampling wall-clock per sample, as a speed-up (same run, same sample count):", "",
+                  fast.to_markdown(index=False, floatfmt=".3g")]
+    return "\n".join(lines) + "\n"
+
+
 def draw_all(df: pd.DataFrame, out_dir: str | Path, tables_dir: str | Path, cfg: dict | None = None) -> None:
     import matplotlib
 
@@ -394,6 +572,8 @@ def draw_all(df: pd.DataFrame, out_dir: str | Path, tables_dir: str | Path, cfg:
         "gen_ppl_vs_nfe": plot_metric_vs_nfe(df, "gen_ppl", "generative perplexity", log_y=True),
         "entropy_vs_nfe": plot_metric_vs_nfe(df, "entropy", "unigram entropy (nats)", log_y=False),
         "ppl_vs_entropy": plot_ppl_vs_entropy(df),
+        "precision_regime": plot_metric_vs_nfe(df, "gen_ppl", "generative perplexity", log_y=True,
+                                               precisions="regimes"),
         "ablation": plot_ablation(df),
     }
     for name, fig in figures.items():
@@ -401,6 +581,7 @@ def draw_all(df: pd.DataFrame, out_dir: str | Path, tables_dir: str | Path, cfg:
         plt.close(fig)
     io.write_text(tables_dir / "main_table.md", main_table_md(df))
     io.write_text(tables_dir / "ablation_table.md", ablation_table_md(df))
+    io.write_text(tables_dir / "seeds_table.md", seeds_table_md(df))
     if cfg is not None:
         for name in TABLES:
             io.write_provenance_beside(tables_dir / f"{name}.md", cfg)
@@ -498,20 +679,25 @@ def plot_dynamics(distill: dict[str, dict], teacher: dict | None, judge: dict | 
 
 def draw_dynamics(distill_metrics: list[str | Path], teacher: str | Path | None, judge: str | Path | None,
                   out_dir: str | Path) -> None:
-    """figures/dynamics.{png,pdf} from distill/<variant>/metrics.json, teacher/metrics.json and judge/judge.json."""
+    """figures/dynamics.{png,pdf} from distill/<variant>/seed<seed>/metrics.json, teacher/metrics.json and
+    judge/judge.json."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    histories = {Path(p).parent.name: io.read_json(p).get("history", {}) for p in distill_metrics}
+    histories = {}
+    for path in distill_metrics:
+        run = io.read_json(path)
+        name = run.get("variant", Path(path).parent.name)
+        histories[name if run.get("seed") is None else f"{name} seed {run['seed']}"] = run.get("history", {})
     fig = plot_dynamics(histories, io.read_json(teacher) if teacher else None, io.read_json(judge) if judge else None)
     save_figure(fig, Path(out_dir), "dynamics")
     plt.close(fig)
 
 
 def add_dynamics_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--distill", nargs="*", default=[], help="distill/<variant>/metrics.json files")
+    parser.add_argument("--distill", nargs="*", default=[], help="distill/<variant>/seed<seed>/metrics.json files")
     parser.add_argument("--teacher", help="teacher/metrics.json")
     parser.add_argument("--judge", help="judge/judge.json")
     parser.add_argument("--out-dir", required=True, help="figures directory (writes dynamics.png and .pdf)")

@@ -1,4 +1,4 @@
-"""`didi train-teacher`: pretrain the MDLM teacher (method.md section 1), one readable loop in the nanoGPT style.
+"""`didi train-teacher`: pretrain the MDLM teacher (docs/method.md section 1), one readable loop in the nanoGPT style.
 
     torchrun --standalone --nproc-per-node N -m didi.cli train-teacher --tokens results/tokens \
         --tokenizer results/tokenizer --out-dir results/teacher [--configfile ...]
@@ -154,7 +154,7 @@ def step_function(cfg: dict, model: torch.nn.Module, blocks: np.ndarray, mask_id
 def resume_identity(cfg: dict, n_train_blocks: int) -> dict:
     """What a checkpoint must share with the current run to be resumed: everything that shapes the optimisation
     path, and the code. Not teacher.steps (so a finished run can be extended) nor logging/eval/checkpoint cadence."""
-    cadence = {"steps", "log_every", "eval_every", "eval_batches", "checkpoint_every", "compile"}
+    cadence = {"steps", "finetune_steps", "log_every", "eval_every", "eval_batches", "checkpoint_every", "compile"}
     return runtime.identity(config={
         "seed": cfg["seed"], "seq_len": cfg["data"]["seq_len"], "model": cfg["model"], "diffusion": cfg["diffusion"],
         "teacher": {k: v for k, v in cfg["teacher"].items() if k not in cadence}}, train_blocks=n_train_blocks)
@@ -168,6 +168,8 @@ def train_teacher(cfg: dict, tokens_dir: str | Path, tokenizer_dir: str | Path, 
     from didi.diffusion import LogLinearSchedule
     from didi.model import load_dit, num_params, save_dit
 
+    # from a released teacher (teacher.init_from), teacher.finetune_steps (when set) replaces teacher.steps
+    cfg = {**cfg, "teacher": {**cfg["teacher"], "steps": config.teacher_steps(cfg["teacher"])}}
     teacher_cfg = cfg["teacher"]
     info = runtime.start_process()
     device = info.device
@@ -300,7 +302,53 @@ def train_teacher(cfg: dict, tokens_dir: str | Path, tokenizer_dir: str | Path, 
     return metrics
 
 
+# ---------------------------------------------------------------------------------------------- import
+def import_teacher(cfg: dict, tokenizer_dir: str | Path, out_dir: str | Path) -> dict:
+    """`didi import-teacher`: a released teacher used as is (teacher.finetune_steps: 0). teacher.init_from (a model
+    directory written by `didi convert`) must be the configured DiT (config `model`, L = data.seq_len, vocabulary
+    = len(tokenizer) + 1); it is written where a trained teacher goes: out_dir/ema and out_dir/raw (the same
+    weights, the release's EMA) and out_dir/metrics.json (steps 0, no training curves). Nothing is trained."""
+    from didi.model import DiTConfig, load_dit, num_params, save_dit
+
+    source = cfg["teacher"]["init_from"]
+    if not source:
+        raise config.ConfigError("teacher.init_from is null: nothing to import")
+    tokenizer = data.load_pretrained_tokenizer(str(tokenizer_dir))
+    special = data.special_ids(tokenizer)
+    seq_len = cfg["data"]["seq_len"]
+    model, meta = load_dit(source)
+    expected = DiTConfig.from_config(cfg["model"], len(tokenizer) + 1, seq_len).to_dict()
+    differ = [f"{key}: {source} has {meta['model'].get(key)!r}, the config (model, data.seq_len, the tokenizer "
+              f"{tokenizer_dir}) gives {value!r}" for key, value in expected.items() if meta["model"].get(key) != value]
+    if differ:
+        raise ValueError(f"teacher.init_from {source} is not the configured teacher (convert it with this config and "
+                         "tokenizer: `didi convert`):\n  " + "\n  ".join(differ))
+    out_dir = Path(out_dir)
+    extra = {"tokenizer_vocab": len(tokenizer), "mask_id": special["mask"], "seq_len": seq_len,
+             "special_ids": special, "converted_from": meta.get("converted_from")}
+    for weights in ("ema", "raw"):
+        save_dit(out_dir / weights, model, {**extra, "teacher": {"steps": 0, "weights": weights,
+                                                                  "imported_from": str(source)}})
+    metrics = {"steps": 0, "steps_this_run": 0, "tokens_seen": 0, "imported_from": str(source),
+               "converted_from": meta.get("converted_from"), "parameters": num_params(model), "seq_len": seq_len,
+               "validation_nats": None, "loss_curve": [], "eval_curve": []}
+    io.write_metrics(out_dir / "metrics.json", metrics, cfg)
+    log.info("imported the released teacher %s as is (%d parameters) -> %s", source, metrics["parameters"], out_dir)
+    return metrics
+
+
 # ---------------------------------------------------------------------------------------------- CLI
+def add_import_arguments(p: argparse.ArgumentParser) -> None:
+    config.add_arguments(p)
+    p.add_argument("--tokenizer", required=True, help="tokenizer directory")
+    p.add_argument("--out-dir", required=True, help="output directory (ema/, raw/, metrics.json)")
+
+
+def run_import(args: argparse.Namespace) -> int:
+    import_teacher(config.from_args(args), args.tokenizer, args.out_dir)
+    return 0
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     config.add_arguments(p)
     p.add_argument("--tokens", required=True, help="directory with train.npy and validation.npy")
@@ -317,4 +365,4 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train-teacher": (add_arguments, run)}
+COMMANDS = {"train-teacher": (add_arguments, run), "import-teacher": (add_import_arguments, run_import)}

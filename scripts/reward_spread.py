@@ -32,13 +32,16 @@ TAUS = (0.05, 0.15, 0.3, 0.5, 0.7, 0.85, 0.95)
 
 
 @torch.no_grad()
-def spread_by_tau(cfg: dict, results: Path, variant: str = "full", groups: int = 32, taus=TAUS, seed: int = 0):
+def spread_by_tau(cfg: dict, results: Path, variant: str = "full", groups: int = 32, taus=TAUS, seed: int = 0,
+                  distill_seed: int | None = None):
     """One dict per tau: the mean within-group std of the reward (`group_std`), its within-group correlation with
-    the world's log-likelihood per token (`corr`) and the policy gradient's time weight there (`weight`)."""
+    the world's log-likelihood per token (`corr`) and the policy gradient's time weight there (`weight`), for the
+    run of `variant` distilled with `distill_seed` (default: the first of distill.seeds)."""
     distill_cfg, method = cfg["distill"], config.variant_method(cfg, variant)
     world = load_world(cfg, results)
-    student, _ = load_dit(results / "distill" / variant / "student_raw")
-    disc = load_discriminator(results / "distill" / variant / "discriminator").eval()
+    run = results / "distill" / variant / f"seed{config.distill_seeds(cfg)[0] if distill_seed is None else distill_seed}"
+    student, _ = load_dit(run / "student_raw")
+    disc = load_discriminator(run / "discriminator").eval()
     student.eval()
     schedule, G, seq_len = LogLinearSchedule(cfg["diffusion"]["eps"]), distill_cfg["group_size"], cfg["data"]["seq_len"]
     rows, gen, out = groups * G, torch.Generator().manual_seed(seed), []
@@ -63,12 +66,13 @@ def main() -> None:
     p.add_argument("--variant", default="full")
     p.add_argument("--groups", type=int, default=32, help="groups of G samples per noise level")
     p.add_argument("--taus", type=float, nargs="+", default=list(TAUS))
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the rollouts and corruptions drawn here")
+    p.add_argument("--distill-seed", type=int, default=None, help="which distillation (default: distill.seeds[0])")
     p.add_argument("--json", help="also write the rows to this JSON file")
     args = p.parse_args()
     torch.set_num_threads(1)
     cfg = config.load(args.configfile)
-    rows = spread_by_tau(cfg, Path(args.results), args.variant, args.groups, args.taus, args.seed)
+    rows = spread_by_tau(cfg, Path(args.results), args.variant, args.groups, args.taus, args.seed, args.distill_seed)
     print(f"{'tau':>5} {'group std':>10} {'corr':>6} {'w(tau)':>7}")
     for r in rows:
         print(f"{r['tau']:5.2f} {r['group_std']:10.4f} {r['corr']:6.2f} {r['weight']:7.2f}")

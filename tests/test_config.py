@@ -206,3 +206,28 @@ def test_check_inputs_command_runs_from_the_cli(distill_inputs):
     (root / "train.json").write_text(json.dumps({"seq_len": 16, "vocab": 14}))
     with pytest.raises(config.ConfigError, match="train.json says vocab 14"):
         cli.main(argv)
+
+
+def test_student_model_names_round_trip():
+    from didi.config import parse_student_model, student_model
+
+    assert student_model("teacher_pos", 12) == "student-teacher_pos-seed12"
+    assert parse_student_model("student-teacher_pos-seed12") == ("teacher_pos", 12)
+    assert parse_student_model("teacher") is None and parse_student_model("student-full") is None
+
+
+def test_a_judge_shorter_than_a_sample_is_rejected():
+    """A locally trained judge whose context is shorter than L would score cut samples: the key is named."""
+    cfg = config.load()
+    cfg["judge"]["n_positions"] = cfg["data"]["seq_len"] - 1
+    with pytest.raises(config.ConfigError, match=r"judge\.n_positions: 63 < data\.seq_len = 64"):
+        config.validate(cfg)
+    cfg["judge"]["pretrained"] = "gpt2-large"  # a pretrained judge's context is its own (1,024 for GPT-2)
+    config.validate(cfg)
+
+
+def test_distill_seeds_default_to_the_config_seed():
+    cfg = config.load()
+    assert config.distill_seeds(cfg) == cfg["distill"]["seeds"]
+    cfg["distill"]["seeds"] = None
+    assert config.distill_seeds(cfg) == [cfg["seed"]]

@@ -375,6 +375,17 @@ def test_distill_command_writes_loadable_outputs(tmp_path):
     assert metrics["iterations_per_s"] > 0 and "provenance" in metrics
     assert (out / "checkpoints" / "step_000000003" / "state.pt").exists()
     assert metrics["resumed_from_iteration"] is None
+    assert metrics["seed"] == cfg["seed"] and student_cfg["distill"]["seed"] == cfg["seed"]
+    # --seed: another distillation of the same variant (the seed is what it draws with), recorded as such
+    other = tmp_path / "run_seed9"
+    assert main(["distill", "--config-json", json.dumps(cfg), "--teacher", str(tmp_path / "teacher"),
+                 "--tokens", str(tmp_path / "train.npy"), "--tokenizer", str(tmp_path / "tok"), "--variant",
+                 "teacher_pos", "--teacher-pool", str(tmp_path / "pool.npy"), "--seed", "9", "--out-dir",
+                 str(other)]) == 0
+    assert json.loads((other / "metrics.json").read_text())["seed"] == 9
+    reseeded, _ = load_dit(other / "student_raw")
+    first, _ = load_dit(out / "student_raw")
+    assert any(not torch.equal(a, b) for a, b in zip(first.state_dict().values(), reseeded.state_dict().values()))
 
 
 def test_a_checkpoint_of_another_teacher_is_not_resumed(tmp_path):

@@ -279,14 +279,14 @@ def test_evaluate_command_writes_every_field(judge_dir, judge, tmp_path):
     rng = np.random.default_rng(0)
     ids = rng.integers(2, 11, size=(24, 6))
     texts = ["".join(CHARS[i - 2] for i in row) for row in ids]
-    stem = tmp_path / "samples" / "student-full" / "rgas_float64_nfe8_T1.00"
+    stem = tmp_path / "samples" / "student-full-seed7" / "rgas_float64_nfe8_T1.00"
     stem.parent.mkdir(parents=True)
     np.save(f"{stem}.npy", ids)
     evaluate.write_jsonl_texts(f"{stem}.jsonl", texts)
     meta = {"nfe": 8, "network_calls": 7, "disc_forward_calls": 12, "disc_backward_calls": 4, "seconds": 1.5,
             "tokens_per_s": 96.0, "precision": "float64", "temperature": 1.0, "sampler": "rgas", "weights": "ema",
             "seed": 11, "provenance": {"config": {"sampling": 1}, "config_hash": "abc"}}
-    (tmp_path / "samples" / "student-full" / "rgas_float64_nfe8_T1.00.json").write_text(json.dumps(meta))
+    (tmp_path / "samples" / "student-full-seed7" / "rgas_float64_nfe8_T1.00.json").write_text(json.dumps(meta))
     ref_dir = tmp_path / "reference"
     evaluate.write_jsonl_texts(ref_dir / "a.jsonl", ["".join(rng.choice(list("abcd"), 6)) for _ in range(30)])
     out = tmp_path / "eval.json"
@@ -298,7 +298,7 @@ def test_evaluate_command_writes_every_field(judge_dir, judge, tmp_path):
         if key != "provenance":
             assert got[key] == value
     assert got["sample_provenance"] == meta["provenance"]
-    assert got["model"] == "student-full" and got["variant"] == "full"
+    assert got["model"] == "student-full-seed7" and got["variant"] == "full" and got["distill_seed"] == 7
     assert got["num_samples"] == 24 and len(got["per_sample_nll"]) == 24
     direct = evaluate.gen_ppl(texts, model, tokenizer, 4, "truncate")
     assert got["gen_ppl"] == pytest.approx(direct["ppl"], rel=1e-6)

@@ -73,19 +73,148 @@ def run_through_slurm(args: list[str], workdir: Path, timeout: int) -> str:
     return out
 
 
+SLURM_PROFILE = REPO / "profiles" / "slurm" / "config.yaml"
+FILLED = {"EDIT-account": "acct", "EDIT-cpu": "cpu-part", "EDIT-gpu": "gpu-part"}  # what a user puts in
+
+
+def filled_profile(tmp_path: Path) -> Path:
+    """A copy of profiles/slurm with every EDIT-... value filled in, as a user does before the first run."""
+    text = SLURM_PROFILE.read_text()
+    for placeholder, value in FILLED.items():
+        text = text.replace(f'"{placeholder}"', f'"{value}"')
+    profile = tmp_path / "profile"
+    profile.mkdir()
+    (profile / "config.yaml").write_text(text)
+    return profile
+
+
+def job_resources(dry_run_output: str) -> list[tuple[str, dict[str, str]]]:
+    """(rule, {resource: value}) of every job a dry run plans."""
+    jobs = []
+    for m in re.finditer(r"^(?:local)?rule (\w+):\n((?:    .*\n)+)", dry_run_output, re.M):
+        line = re.search(r"^    resources: (.*)$", m.group(2), re.M)
+        pairs = [item.split("=", 1) for item in line.group(1).split(", ")] if line else []
+        jobs.append((m.group(1), {k: v for k, v in pairs}))
+    return jobs
+
+
+def gpu_rules_in_source() -> set[str]:
+    """Every rule of workflow/rules/*.smk whose resources declare `gpu` (in either branch of an if)."""
+    rules = set()
+    for smk in (REPO / "workflow" / "rules").glob("*.smk"):
+        for m in re.finditer(r"^(\s*)rule (\w+):\n((?:\1    .*\n|\s*\n)+)", smk.read_text(), re.M):
+            if re.search(r"^\s+gpu=", m.group(3), re.M):
+                rules.add(m.group(2))
+    return rules
+
+
 def test_slurm_profile_dry_run_paper(tmp_path):
-    """The cluster profile parses, and the paper preset's GPU rules get the GPU partition and 8 GPUs."""
+    """The filled-in cluster profile parses, and the paper preset's GPU rules get the GPU partition and 8 GPUs."""
     out = run_snakemake(
-        ["--profile", str(REPO / "profiles" / "slurm"), "--dry-run", "--configfile", str(REPO / "config.yaml"),
+        ["--profile", str(filled_profile(tmp_path)), "--dry-run", "--configfile", str(REPO / "config.yaml"),
          str(REPO / "presets" / "paper.yaml"), "--config", f"results={tmp_path}"]
     ).stdout
     blocks = {m.group(1): m.group(2) for m in re.finditer(r"^rule (\w+):\n((?:    .*\n)+)", out, re.M)}
     teacher = blocks["train_teacher"]
-    assert "slurm_partition=EDIT-gpu" in teacher and "gpu=8" in teacher and "nodes=1" in teacher
+    assert "slurm_partition=gpu-part" in teacher and "gpu=8" in teacher and "nodes=1" in teacher
+    assert "slurm_account=acct" in teacher
     assert "runtime=2880" in teacher and "mem_mb=64000" in teacher
-    assert "slurm_partition=EDIT-cpu" in blocks["corpus"] and "gpu=" not in blocks["corpus"]
-    assert "gpu=1" in blocks["sample"] and "slurm_partition=EDIT-gpu" in blocks["sample"]
+    assert "slurm_partition=cpu-part" in blocks["corpus"] and "gpu=" not in blocks["corpus"]
+    assert "gpu=1" in blocks["sample"] and "slurm_partition=gpu-part" in blocks["sample"]
     assert "-m torch.distributed.run --standalone --nproc-per-node 8" in out  # torchrun, through this Python
+
+
+def test_slurm_profile_puts_every_gpu_rule_on_the_gpu_partition():
+    """Every rule that declares a `gpu` resource has the GPU partition in the profile's set-resources."""
+    import yaml
+
+    profile = yaml.safe_load(SLURM_PROFILE.read_text())
+    gpu_partition = profile["set-resources"]["train_teacher"]["slurm_partition"]
+    cpu_partition = profile["default-resources"]["slurm_partition"]
+    assert gpu_partition != cpu_partition
+    declared = gpu_rules_in_source()
+    assert {"train_teacher", "distill", "sample", "train_baseline", "sample_baseline", "bench",
+            "bench_synthetic"} <= declared
+    missing = sorted(r for r in declared if profile["set-resources"].get(r, {}).get("slurm_partition") != gpu_partition)
+    assert not missing, f"rules requesting a GPU without the GPU partition in {SLURM_PROFILE}: {missing}"
+
+
+PRESETS = {  # name -> preset files on top of config.yaml
+    "config.yaml": [],
+    "smoke": ["presets/smoke.yaml"],
+    "synthetic": ["presets/synthetic.yaml"],
+    "paper": ["presets/paper.yaml"],
+    "paper-released-teacher": ["presets/paper.yaml", "presets/paper-released-teacher.yaml"],
+    "paper-released-teacher-finetune": ["presets/paper.yaml", "presets/paper-released-teacher.yaml"],
+}
+
+
+@pytest.mark.parametrize("preset", list(PRESETS))
+def test_every_job_requesting_a_gpu_runs_on_the_gpu_partition(preset, tmp_path):
+    """A dry run of each preset (all, bench, bench_synthetic) with the filled-in profile: every job that asks for
+    GPUs goes to the GPU partition, and every job of a rule that never asks for one to the CPU partition."""
+    files = [str(REPO / f) for f in PRESETS[preset]]
+    if preset.startswith("paper-released"):  # the converted teacher the preset points at, here a stand-in
+        (tmp_path / "converted").mkdir()
+        steps = 500 if preset.endswith("finetune") else 0
+        (tmp_path / "released.yaml").write_text(
+            f"teacher:\n  init_from: {tmp_path / 'converted'}\n  finetune_steps: {steps}\n")
+        files.append(str(tmp_path / "released.yaml"))
+    results = tmp_path / "results"
+    out = run_snakemake(
+        ["--profile", str(filled_profile(tmp_path)), "--dry-run", "--configfile", str(REPO / "config.yaml"), *files,
+         "--config", f"results={results}", "--", "all", "bench", "bench_synthetic"]
+    ).stdout
+    jobs = job_resources(out)
+    assert len(jobs) > 10 and {"train_teacher", "bench", "bench_synthetic"} <= {rule for rule, _ in jobs}
+    gpu_rules = gpu_rules_in_source()
+    wrong = []
+    for rule, resources in jobs:
+        gpus = int(resources.get("gpu", "0"))
+        want = "gpu-part" if gpus > 0 else "cpu-part" if rule not in gpu_rules else None
+        if want and resources.get("slurm_partition") != want:
+            wrong.append((rule, resources.get("gpu"), resources.get("slurm_partition")))
+    assert not wrong, f"jobs on the wrong partition (rule, gpu, partition): {sorted(set(wrong))}"
+    requesting = {rule for rule, resources in jobs if int(resources.get("gpu", "0")) > 0}
+    if preset.startswith("paper"):  # the paper preset asks for GPUs: every GPU rule planned here gets them
+        imported = preset == "paper-released-teacher"  # train_teacher then runs `didi import-teacher`: no GPU
+        assert requesting == {rule for rule, _ in jobs} & gpu_rules - ({"train_teacher"} if imported else set())
+        assert {"distill", "sample", "evaluate", "train_baseline", "sample_baseline", "bench"} <= requesting
+        assert ("train_teacher" in requesting) == (not imported)
+
+
+def test_profile_with_placeholders_is_rejected_before_any_job(tmp_path):
+    """The shipped profile still holds EDIT-... values: a dry run already stops, naming the file and every key."""
+    proc = subprocess.run(
+        [venv_bin("snakemake"), "--profile", str(REPO / "profiles" / "slurm"), "--dry-run", "--configfile",
+         str(REPO / "config.yaml"), str(REPO / "presets" / "paper.yaml"), "--config", f"results={tmp_path}"],
+        cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=300,
+    )
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert str(SLURM_PROFILE) in out and "placeholder" in out
+    for key in ("default-resources.slurm_account = 'EDIT-account'", "default-resources.slurm_partition = 'EDIT-cpu'",
+                "set-resources.train_teacher.slurm_partition = 'EDIT-gpu'",
+                "set-resources.sample_baseline.slurm_partition = 'EDIT-gpu'"):
+        assert key in out, key
+    assert "Job stats" not in out and "rule corpus" not in out  # nothing planned, nothing submitted
+
+
+def test_profile_placeholder_check_reads_the_profiles_on_the_command_line(tmp_path):
+    """didi.config.check_profiles: `--profile DIR`, `--profile=FILE` and $SNAKEMAKE_PROFILE; a filled-in copy and
+    commented-out EDIT lines pass."""
+    from didi import config
+
+    filled = filled_profile(tmp_path)
+    config.check_profiles(["--profile", str(filled), "-n"])
+    config.check_profiles([f"--profile={filled / 'config.yaml'}"])
+    config.check_profiles([], None)
+    assert "# slurm-qos" in SLURM_PROFILE.read_text()  # the commented EDIT lines are not values
+    for argv, env in ((["--profile", str(SLURM_PROFILE.parent)], None), ([f"--profile={SLURM_PROFILE}"], None),
+                      ([], str(SLURM_PROFILE.parent))):
+        with pytest.raises(config.ConfigError, match="slurm_account = 'EDIT-account'"):
+            config.check_profiles(argv, env)
+    config.check_profiles(["--profile", str(filled)], str(SLURM_PROFILE.parent))  # --profile wins over the env
 
 
 @pytest.mark.slurm

@@ -319,7 +319,7 @@ def test_synthetic_preset_end_to_end(tmp_path):
     assert np.allclose(table["gen_nll"], np.log(table["gen_ppl"]))
     ref = table[table.model == "reference"].iloc[0]
     assert abs(ref["gen_nll"] - floor) < 0.25 and ref["invalid_tokens"] == 0
-    assert {"teacher", "exact", "student-full", "student-baseline"} <= set(table.model)
+    assert {"teacher", "exact", "student-full-seed1234", "student-baseline-seed1234"} <= set(table.model)
     exact = table[table.model == "exact"].set_index("nfe")
     assert (exact["invalid_tokens"] == 0).all()  # the data's denoiser puts states at every chain position
     assert exact.loc[2, "gen_nll"] > exact.loc[32, "gen_nll"]  # its factorisation error shrinks with K

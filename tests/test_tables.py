@@ -158,3 +158,71 @@ def test_a_fractional_calls_per_batch_passes_through_the_table(tmp_path):
     path.write_text(json.dumps(ev))
     table = tables.build_table([path])
     assert table.loc[0, "network_calls_per_batch"] == 6.5 and str(table["nfe"].dtype) == "Int64"
+
+
+def seeded_eval(seed, sampler, nfe, gen_ppl, entropy, lo=None, hi=None, seconds=2.5):
+    ev = eval_json(f"student-full-seed{seed}", sampler, "float64", nfe, 1.0, gen_ppl, entropy, variant="full",
+                   distill_seed=seed, seconds=seconds)
+    ev.update({k: v for k, v in (("gen_ppl_lo", lo), ("gen_ppl_hi", hi)) if v is not None})
+    return ev
+
+
+def seeded_table(tmp_path, evals):
+    paths = []
+    for i, ev in enumerate(evals):
+        path = tmp_path / f"{i}.json"
+        path.write_text(json.dumps(ev))
+        paths.append(path)
+    return tables.build_table(paths)
+
+
+def test_pooled_rows_mean_the_seeds_nll_and_keep_their_spread(tmp_path):
+    """Two seeds at gen-PPL 100 and 400: the pool is exp(mean log) = 200 (not the arithmetic 250), its spread 100 to
+    400, its counts summed; one seed alone (NFE 16 here) gets no pooled row; non-students are left alone."""
+    df = seeded_table(tmp_path, [
+        eval_json("teacher", "ancestral", "float64", 8, 1.0, 150.0, 4.0),
+        seeded_eval(5, "ancestral", 8, 100.0, 3.9), seeded_eval(6, "ancestral", 8, 400.0, 4.1),
+        seeded_eval(5, "ancestral", 16, 90.0, 3.9)])
+    pooled = df[df["seeds"].notna()]
+    assert len(pooled) == 1
+    row = pooled.iloc[0]
+    assert row["model"] == "student-full" and pd.isna(row["distill_seed"]) and row["seeds"] == 2
+    assert row["gen_ppl"] == pytest.approx(200.0) and row["entropy"] == pytest.approx(4.0)
+    assert (row["gen_ppl_seed_min"], row["gen_ppl_seed_max"]) == (100.0, 400.0)
+    assert row["num_samples"] == 128 and pd.isna(row["gen_ppl_lo"])
+    assert list(df.loc[df["model"] == "student-full-seed5", "distill_seed"]) == [5, 5]
+    # the figures draw the pool instead of its seeds: seed 5 at NFE 16 (no pool) stays
+    drawn = tables.one_row_per_setting(df)
+    assert set(drawn["model"]) == {"teacher", "student-full", "student-full-seed5"}
+    assert list(drawn.loc[drawn["model"] == "student-full-seed5", "nfe"]) == [16]
+
+
+def test_seed_targets_by_hand(tmp_path):
+    """Teacher 140 [133, 147] at 8, 120 at 16, 100 at L = 64 (entropy 4.0). Seed 5: 120 [115, 125] at 8 (apart),
+    95 at 16 (<= 100), entropy 3.95 (0.9875 >= 0.98): all three. Seed 6: 130 [124, 136] at 8 (overlaps 133), 101 at
+    16 (> 100), entropy 3.9 (0.975): none."""
+    teacher = [eval_json("teacher", "ancestral", "float64", k, 1.0, p, 4.0) for k, p in ((8, 140.0), (16, 120.0),
+                                                                                          (64, 100.0))]
+    teacher[0].update(gen_ppl_lo=133.0, gen_ppl_hi=147.0)
+    df = seeded_table(tmp_path, teacher + [
+        seeded_eval(5, "ancestral", 8, 120.0, 3.95, 115.0, 125.0), seeded_eval(5, "ancestral", 16, 95.0, 3.96),
+        seeded_eval(6, "ancestral", 8, 130.0, 3.9, 124.0, 136.0), seeded_eval(6, "ancestral", 16, 101.0, 4.0)])
+    targets = tables.seed_targets(df).set_index("seed")
+    assert targets.loc[5, ["apart@8", "below_L@16", "entropy", "all"]].tolist() == [True, True, True, True]
+    assert targets.loc[6, ["apart@8", "below_L@16", "entropy", "all"]].tolist() == [False, False, False, False]
+    assert targets.loc[5, "entropy_ratio"] == pytest.approx(0.988, abs=1e-3)
+    text = tables.seeds_table_md(df)
+    assert "full ancestral: all three targets on 1 of 2 seeds" in text
+    assert "intervals apart at NFE 8 on 1 of 2" in text
+
+
+def test_speedups_are_ratios_of_seconds_per_sample(tmp_path):
+    """The teacher at L takes 8 s per 64 samples, the AR baseline 4 s, each student seed 1 s: 8x and 4x."""
+    df = seeded_table(tmp_path, [
+        eval_json("teacher", "ancestral", "float64", 64, 1.0, 100.0, 4.0, seconds=8.0),
+        eval_json("gpt2", "ar", "float32", 63, 1.0, 60.0, 4.0, seconds=4.0),
+        seeded_eval(5, "ancestral", 8, 120.0, 3.95, seconds=1.0), seeded_eval(6, "ancestral", 8, 120.0, 3.95,
+                                                                              seconds=1.0)])
+    fast = tables.speedups(df).set_index("model")
+    assert fast.loc["student-full", "vs_teacher@64"] == pytest.approx(8.0)
+    assert fast.loc["student-full", "vs_ar"] == pytest.approx(4.0)

@@ -293,3 +293,52 @@ def test_bench_speedup_section_counts_student_and_discriminator_calls(workspace,
         assert row["rgas"]["disc_forward_calls"] > 0 and row["rgas"]["disc_backward_calls"] > 0
         assert row["speedup_vs_teacher_full"] == pytest.approx(
             row["student"]["tokens_per_s"] / speed["teacher_full_nfe"]["tokens_per_s"])
+
+
+# ---------------------------------------------------------------------------------------------- a released teacher
+def released(tmp_path, cfg, seed: int = 7):
+    """A stand-in for a `didi convert` output: a DiT of the configured size saved as a model directory."""
+    from didi.model import save_dit
+
+    torch.manual_seed(seed)
+    model = train.new_teacher(cfg, 43, torch.device("cpu"))
+    save_dit(tmp_path / "converted", model, {"converted_from": {"checkpoint": "mdlm-owt.ckpt", "sha256": "x" * 64,
+                                                                 "weights": "ema"}})
+    return tmp_path / "converted"
+
+
+def test_finetune_from_a_released_teacher_trains_finetune_steps(workspace, tmp_path):
+    """init_from + finetune_steps 3: three steps from the released weights, not teacher.steps (1,000 here)."""
+    source = released(tmp_path, tiny_cfg())
+    cfg = tiny_cfg(steps=1000, init_from=str(source), finetune_steps=3, eval_every=3, checkpoint_every=3,
+                   log_every=1)
+    metrics = train.train_teacher(cfg, workspace / "tokens", workspace / "tokenizer", tmp_path / "out")
+    assert metrics["steps"] == 3 and [s for s, _ in metrics["loss_curve"]] == [1, 2, 3]
+    moved = weights(tmp_path / "out" / "raw")
+    start = weights(source)
+    assert moved.keys() == start.keys() and not torch.equal(moved["output_layer.linear.weight"],
+                                                             start["output_layer.linear.weight"])
+
+
+def test_import_teacher_writes_the_released_weights_as_is(workspace, tmp_path):
+    """finetune_steps 0: `didi import-teacher` writes the released weights, unchanged, as teacher/ema and raw with a
+    metrics.json of 0 steps; a model of another size is refused, naming the key that differs."""
+    source = released(tmp_path, tiny_cfg())
+    cfg = tiny_cfg(init_from=str(source), finetune_steps=0)
+    assert config.imports_teacher(cfg)
+    from didi import cli
+
+    assert cli.main(["import-teacher", "--config-json", json.dumps(cfg), "--tokenizer", str(workspace / "tokenizer"),
+                     "--out-dir", str(tmp_path / "teacher")]) == 0
+    for kind in ("ema", "raw"):
+        assert_same_weights(weights(tmp_path / "teacher" / kind), weights(source))
+        _, meta = load_dit(tmp_path / "teacher" / kind)  # strict, and what distillation's check-inputs reads
+        assert meta["mask_id"] == 42 and meta["seq_len"] == L and meta["teacher"]["imported_from"] == str(source)
+    metrics = json.loads((tmp_path / "teacher" / "metrics.json").read_text())
+    assert metrics["steps"] == 0 and metrics["loss_curve"] == [] and "provenance" in metrics
+    assert metrics["converted_from"]["checkpoint"] == "mdlm-owt.ckpt"
+    other = tiny_cfg(init_from=str(source), finetune_steps=0)
+    other["model"]["hidden"] = 64
+    with pytest.raises(ValueError, match="hidden: .* has 32, the config .* gives 64"):
+        train.import_teacher(other, workspace / "tokenizer", tmp_path / "other")
+    assert not (tmp_path / "other" / "metrics.json").exists()

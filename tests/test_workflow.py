@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from conftest import REPO, SMOKE, run_snakemake, subprocess_env, venv_bin
+from didi import tables
 
 
 def test_snakemake_lint_clean():
@@ -97,15 +98,19 @@ def test_edits_rerun_only_the_steps_whose_outputs_they_change(tmp_path):
     after = {"table": 1, "figures": 1, "all": 1}
     assert planned_jobs(tmp_path, results, SMOKE, "teacher:\n  log_every: 3\n  checkpoint_every: 7\n") == {}
     assert planned_jobs(tmp_path, results, SMOKE, "distill:\n  log_every: 3\n  checkpoint_every: 7\n") == {}
-    # the smoke preset has one RGAS variant at one student NFE: its one RGAS file is resampled, nothing trains
+    # the smoke preset has one RGAS variant at two student NFEs and two seeds: its four RGAS files are resampled,
+    # nothing trains
     assert planned_jobs(tmp_path, results, SMOKE, "distill:\n  rgas:\n    h_start: 1.0\n") == {
-        "sample": 1, "evaluate": 1, **after}
+        "sample": 4, "evaluate": 4, **after}
     assert planned_jobs(tmp_path, results, SMOKE, "sampling:\n  nfe: [4, 8, 32]\n") == {
         "sample": 1, "evaluate": 1, **after}
-    # which student weights are sampled: every student file (3 variants + 1 RGAS at one NFE), no teacher file, no
-    # distillation (the run wrote both weights)
+    # which student weights are sampled: every student file ((3 variants + 1 RGAS) x 2 NFEs x 2 seeds), no
+    # teacher file, no distillation (the run wrote both weights)
     assert planned_jobs(tmp_path, results, SMOKE, "distill:\n  student_weights: ema\n") == {
-        "sample": 4, "evaluate": 4, **after}
+        "sample": 16, "evaluate": 16, **after}
+    # one more distillation seed: one distillation per variant and its files, nothing else retrains
+    more = planned_jobs(tmp_path, results, SMOKE, "distill:\n  seeds: [1234, 7, 8]\n")
+    assert more == {"distill": 3, "sample": 8, "evaluate": 8, "dynamics": 1, **after}, more
     retrain = planned_jobs(tmp_path, results, SMOKE, "teacher:\n  lr: 1.0e-3\n")
     assert retrain["train_teacher"] == 1 and retrain["distill"] >= 1 and retrain["teacher_pool"] == 1
 
@@ -136,11 +141,18 @@ def test_smoke_run_outputs(smoke_run):
     results = smoke_run
     table = pd.read_csv(results / "tables" / "results.csv")
     models = set(table["model"])
-    assert {"teacher", "reference", "student-baseline", "student-full", "student-teacher_pos"} <= models
-    assert (table.loc[table.model != "reference", "num_samples"] == 8).all()
+    seeded = {f"student-{v}-seed{s}" for v in ("baseline", "full", "teacher_pos") for s in (1234, 7)}
+    pooled = {"student-baseline", "student-full", "student-teacher_pos"}
+    assert {"teacher", "reference"} | seeded | pooled <= models
+    assert set(table.loc[table.model.isin(seeded), "distill_seed"]) == {1234, 7}
+    assert (table.loc[table.model.isin(pooled), "seeds"] == 2).all()
+    assert table.loc[table.model.isin(pooled), "distill_seed"].isna().all()
+    seeds_table = (results / "tables" / "seeds_table.md").read_text()
+    assert "full rgas: all three targets on" in seeds_table and "of 2 seeds" in seeds_table
+    assert (table.loc[table.model.isin(set(table.model) - pooled - {"reference"}), "num_samples"] == 8).all()
     assert np.isfinite(table["gen_ppl"]).all() and (table["gen_ppl"] > 1).all()
     assert (table.loc[table.sampler == "rgas", "disc_forward_calls"] > 0).all()
-    for name in ["gen_ppl_vs_nfe", "entropy_vs_nfe", "ppl_vs_entropy", "ablation"]:
+    for name in tables.FIGURES:
         for ext in ("png", "pdf"):
             assert (results / "figures" / f"{name}.{ext}").stat().st_size > 1000
     assert (results / "tables" / "results.csv.provenance.json").exists()

@@ -5,9 +5,17 @@ import sys
 
 from snakemake_interface_executor_plugins.settings import DeploymentMethod
 
-from didi.config import outputs_relevant, step_sections, variant_method
+from didi.config import (
+    distill_seeds,
+    outputs_relevant,
+    parse_student_model,
+    step_sections,
+    student_model,
+    variant_method,
+)
 from didi.diffusion import PRECISIONS
 from didi.rgas import guidance
+from didi.tables import FIGURES, TABLES  # what `didi figures` writes
 
 R = config["results"]
 ENVS = "../../envs/didi.yaml"
@@ -62,8 +70,9 @@ def relevant(step):
 
 
 wildcard_constraints:
-    model=r"teacher|gpt2|exact|student-[A-Za-z0-9_]+",
+    model=r"teacher|gpt2|exact|student-[A-Za-z0-9_]+-seed\d+",
     variant=r"[A-Za-z0-9_]+",
+    seed=r"\d+",
     sampler=r"ancestral|rgas|ar",
     precision="|".join(PRECISIONS),
     nfe=r"\d+",
@@ -97,18 +106,33 @@ def teacher_sample_stems():
     return sorted(stems)
 
 
+def distill_runs():
+    """(variant, seed) of every distillation: each variant of distill.run once per distillation seed."""
+    return [(v, s) for v in config["distill"]["run"] for s in distill_seeds(config)]
+
+
+def distill_dir(variant, seed):
+    return f"{R}/distill/{variant}/seed{seed}"
+
+
 def student_samples():
-    """(model, sampler, precision, nfe, temperature) for every distilled variant over the student NFE sweep."""
+    """(model, sampler, precision, nfe, temperature) for every distilled student over the student NFE sweep."""
     d = config["distill"]
     precision = config["diffusion"]["sampling_precision"]
     out = []
-    for variant in d["run"]:
+    for variant, seed in distill_runs():
         samplers = ["ancestral"] + (
             ["rgas"] if variant in d["rgas"]["variants"] else []
         )
         for sampler in samplers:
             out += [
-                (f"student-{variant}", sampler, precision, k, fmt_temperature(1.0))
+                (
+                    student_model(variant, seed),
+                    sampler,
+                    precision,
+                    k,
+                    fmt_temperature(1.0),
+                )
                 for k in d["nfe"]
             ]
     return out
@@ -147,10 +171,6 @@ def eval_files():
     return [
         f"{R}/eval/{m}/{s}_{p}_nfe{k}_T{t}.json" for m, s, p, k, t in all_sample_keys()
     ]
-
-
-FIGURES = ["gen_ppl_vs_nfe", "entropy_vs_nfe", "ppl_vs_entropy", "ablation"]
-TABLES = ["main_table", "ablation_table"]
 
 
 def final_outputs():
@@ -199,7 +219,7 @@ def sample_inputs(wildcards):
             "metrics": f"{R}/teacher/metrics.json",
         }
     else:
-        run = f"{R}/distill/{wildcards.model.removeprefix('student-')}"
+        run = distill_dir(*parse_student_model(wildcards.model))
         inputs = {"model": f"{run}/{student_dir()}", "metrics": f"{run}/metrics.json"}
         if wildcards.sampler == "rgas":
             inputs["discriminator"] = f"{run}/discriminator"
@@ -235,6 +255,7 @@ def bench_inputs(wildcards):
     }
     guided = config["distill"]["rgas"]["variants"]
     if guided:
-        inputs["student"] = f"{R}/distill/{guided[0]}/{student_dir()}"
-        inputs["discriminator"] = f"{R}/distill/{guided[0]}/discriminator"
+        run = distill_dir(guided[0], distill_seeds(config)[0])
+        inputs["student"] = f"{run}/{student_dir()}"
+        inputs["discriminator"] = f"{run}/discriminator"
     return inputs

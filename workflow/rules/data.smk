@@ -26,9 +26,11 @@ rule corpus:
         )
 
 
+# Only a trained BPE reads the corpus: a pretrained tokenizer (tokenizer.pretrained, e.g. GPT-2) never waits for
+# (at paper scale: downloads) the whole corpus.
 rule tokenizer:
     input:
-        train=rules.corpus.output.train,
+        [] if config["tokenizer"]["pretrained"] else rules.corpus.output.train,
     output:
         directory(f"{R}/tokenizer"),
     log:
@@ -44,7 +46,10 @@ rule tokenizer:
     params:
         rerun_on=relevant("tokenizer"),
         config_json=command_config("tokenizer"),
-        corpus_dir=parent_of("train", "input"),
+        # the corpus directory (not read, and not built, with a pretrained tokenizer)
+        corpus_dir=lambda wildcards, input: os.path.dirname(
+            input[0] if len(input) else rules.corpus.output.train
+        ),
     shell:
         logged(
             "{DIDI} tokenizer --config-json {params.config_json:q} --corpus-dir {params.corpus_dir}"

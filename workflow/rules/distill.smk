@@ -1,20 +1,20 @@
-# DiDi-Instruct distillation: one run per variant (the full method and the paper's cumulative ablation). Before
-# it starts, `didi check-inputs` checks that teacher, token blocks and tokenizer agree on L and vocabulary, and
-# names the file that does not.
+# DiDi-Instruct distillation: one run per variant (the full method and the paper's cumulative ablation) and
+# distillation seed (distill.seeds). Before it starts, `didi check-inputs` checks that teacher, token blocks and
+# tokenizer agree on L and vocabulary, and names the file that does not.
 
 
 rule distill:
     input:
         unpack(distill_inputs),
     output:
-        student=directory(f"{R}/distill/{{variant}}/student"),
-        student_raw=directory(f"{R}/distill/{{variant}}/student_raw"),
-        discriminator=directory(f"{R}/distill/{{variant}}/discriminator"),
-        metrics=f"{R}/distill/{{variant}}/metrics.json",
+        student=directory(f"{R}/distill/{{variant}}/seed{{seed}}/student"),
+        student_raw=directory(f"{R}/distill/{{variant}}/seed{{seed}}/student_raw"),
+        discriminator=directory(f"{R}/distill/{{variant}}/seed{{seed}}/discriminator"),
+        metrics=f"{R}/distill/{{variant}}/seed{{seed}}/metrics.json",
     log:
-        f"{R}/logs/distill/{{variant}}.log",
+        f"{R}/logs/distill/{{variant}}/seed{{seed}}.log",
     benchmark:
-        f"{R}/benchmarks/distill/{{variant}}.tsv"
+        f"{R}/benchmarks/distill/{{variant}}/seed{{seed}}.tsv"
     conda:
         ENVS
     threads: config["resources"]["threads"]
@@ -36,5 +36,5 @@ rule distill:
             "({DIDI} check-inputs --teacher {input.teacher} --tokens {input.token_stats} --tokenizer {input.tokenizer}"
             " && OMP_NUM_THREADS={threads} {TORCHRUN} --nproc-per-node {params.nproc} -m didi distill"
             " --config-json {params.config_json:q} --teacher {input.teacher} --tokens {input.tokens}"
-            " --tokenizer {input.tokenizer} --variant {wildcards.variant} {params.pool} --out-dir {params.out_dir})"
+            " --tokenizer {input.tokenizer} --variant {wildcards.variant} --seed {wildcards.seed} {params.pool} --out-dir {params.out_dir})"
         )

@@ -112,9 +112,7 @@ rule bench:
 rule dynamics:
     """Training curves: every distillation variant's history, the teacher's and the judge's loss."""
     input:
-        distill=expand(
-            f"{R}/distill/{{variant}}/metrics.json", variant=config["distill"]["run"]
-        ),
+        distill=[f"{distill_dir(v, s)}/metrics.json" for v, s in distill_runs()],
         teacher=rules.train_teacher.output.metrics,
         judge=rules.train_judge.output.judge,
     output:
