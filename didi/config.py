@@ -230,6 +230,12 @@ STEPS: dict[str, tuple[tuple[str, ...], dict[str, tuple[str, ...] | str]]] = {
         ("seed", "data", "model", "teacher"),
         {"data": ("num_proc",), "teacher": ("log_every", "checkpoint_every", "eval_every", "eval_batches")},
     ),
+    # SDTT (didi/sdtt.py): one run, a student per round
+    "distill_sdtt": (
+        ("seed", "diffusion", "sdtt", "wandb"),
+        {"diffusion": ("sampling_precision", "cache"), "sdtt": ("log_every", "checkpoint_every", "student_weights"),
+         "wandb": ALL},
+    ),
     # the AR baseline: the teacher's budget and recipe (not its cadence nor its DiT-only switches)
     "train_baseline": (
         ("seed", "data", "model", "teacher", "baseline"),

@@ -378,6 +378,8 @@ def sample_fields(samples: Path, meta: dict) -> dict:
     student = config.parse_student_model(model)
     fields["model"] = model
     fields["variant"], fields["distill_seed"] = student if student else ("", None)
+    if model == "student-sdtt":  # SDTT's round students: one run, the round by its NFE
+        fields["variant"] = "sdtt"
     return fields
 
 

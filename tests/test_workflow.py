@@ -1,8 +1,10 @@
 """The workflow itself: lint, formatting, dry runs of every config, and the smoke DAG end to end."""
 
 import json
+import os
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -170,3 +172,13 @@ def test_smoke_report(smoke_run, tmp_path):
     run_snakemake([*SMOKE, "--config", f"results={smoke_run}", "--report", str(report)])
     html = report.read_text(errors="replace")
     assert report.stat().st_size > 10_000 and "gen_ppl_vs_nfe" in html
+    # opened as a reader opens it: headless Chromium renders the report and every figure at report width, and each
+    # screenshot must show something (`.ci/run` installs Chromium; elsewhere the check is skipped without one)
+    shots = tmp_path / "shots"
+    figures = sorted((smoke_run / "figures").glob("*.png"))
+    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "report_screenshot.py"), str(report), *map(str, figures),
+                           "--out-dir", str(shots), "--min-scale", "0.4"], capture_output=True, text=True)
+    if proc.returncode == 2 and not os.environ.get("CI"):
+        pytest.skip("no Chromium: " + proc.stderr.strip().splitlines()[0])
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert len(list(shots.glob("*.png"))) == len(figures) + 1

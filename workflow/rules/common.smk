@@ -15,6 +15,7 @@ from didi.config import (
 )
 from didi.diffusion import PRECISIONS
 from didi.rgas import guidance
+from didi.sdtt import plan_of as sdtt_plan, student_subdir as sdtt_student_subdir
 from didi.tables import FIGURES, TABLES  # what `didi figures` writes
 
 R = config["results"]
@@ -70,7 +71,7 @@ def relevant(step):
 
 
 wildcard_constraints:
-    model=r"teacher|gpt2|exact|student-[A-Za-z0-9_]+-seed\d+",
+    model=r"teacher|gpt2|exact|student-sdtt|student-[A-Za-z0-9_]+-seed\d+",
     variant=r"[A-Za-z0-9_]+",
     seed=r"\d+",
     sampler=r"ancestral|rgas|ar",
@@ -113,6 +114,26 @@ def distill_runs():
 
 def distill_dir(variant, seed):
     return f"{R}/distill/{variant}/seed{seed}"
+
+
+def sdtt_nfes():
+    """The SDTT students' sampling steps, one per round, largest first (32, 16, 8 for L = 64, sdtt.min_nfe 8)."""
+    return [r.student_nfe for r in sdtt_plan(config)]
+
+
+def sdtt_student_dir(nfe):
+    """The model directory of the SDTT student for `nfe` steps (EMA or raw: sdtt.student_weights)."""
+    return f"{R}/distill/sdtt/{sdtt_student_subdir(config, nfe)}"
+
+
+def sdtt_samples():
+    """SDTT's students, each at the NFE its round trained it for, where the students' or teacher's sweep has it."""
+    wanted = set(config["distill"]["nfe"]) | set(config["sampling"]["nfe"])
+    precision = config["diffusion"]["sampling_precision"]
+    return [
+        ("student-sdtt", "ancestral", precision, k, fmt_temperature(1.0))
+        for k in sorted(set(sdtt_nfes()) & wanted)
+    ]
 
 
 def student_samples():
@@ -164,7 +185,13 @@ def exact_denoiser_samples():
 
 def all_sample_keys():
     teacher = [("teacher", "ancestral", p, k, t) for p, k, t in teacher_sample_stems()]
-    return teacher + exact_denoiser_samples() + student_samples() + baseline_samples()
+    return (
+        teacher
+        + exact_denoiser_samples()
+        + student_samples()
+        + sdtt_samples()
+        + baseline_samples()
+    )
 
 
 def eval_files():
@@ -213,6 +240,12 @@ def sample_inputs(wildcards):
     weights = config["sampling"]["weights"]
     if wildcards.model == "exact":  # the chain, as judge.json records it
         return {"model": rules.train_judge.output.judge, "tokenizer": f"{R}/tokenizer"}
+    if wildcards.model == "student-sdtt":
+        return {
+            "model": sdtt_student_dir(wildcards.nfe),
+            "metrics": f"{R}/distill/sdtt/metrics.json",
+            "tokenizer": f"{R}/tokenizer",
+        }
     if wildcards.model == "teacher":
         inputs = {
             "model": f"{R}/teacher/{weights}",
