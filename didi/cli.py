@@ -28,6 +28,7 @@ MODULES: dict[str, tuple[str, str]] = {
     "reference": ("didi.evaluate", "the same metrics for held-out real text"),
     "table": ("didi.tables", "collect evaluation files into the tidy results table"),
     "figures": ("didi.tables", "draw the figures and markdown tables from the results table"),
+    "cost": ("didi.tables", "the distillation-cost table: wall-clock of each distillation and the quality it reaches"),
     "dynamics": ("didi.tables", "draw the training-dynamics figure (distillation, teacher and judge curves)"),
     "check-inputs": ("didi.config", "check that teacher, token blocks and tokenizer agree on L and vocabulary"),
     "distill": ("didi.distill_cli", "DiDi-Instruct distillation of the teacher into a few-step student"),

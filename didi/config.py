@@ -253,6 +253,7 @@ STEPS: dict[str, tuple[tuple[str, ...], dict[str, tuple[str, ...] | str]]] = {
     "table": (("seed",), {}),
     "figures": (("seed",), {}),
     "dynamics": (("seed",), {}),
+    "cost": (("seed",), {}),
     # tokenizer: vocab_size for --synthetic-tokens; resources: gpu sets the per-GPU batch timed (bench.per_gpu_batch)
     "bench": (("seed", "tokenizer", "data", "model", "diffusion", "teacher", "sampling", "distill", "resources"),
               {"resources": ("sample_gpu", "threads", "mem_mb", "runtime")}),

@@ -614,15 +614,17 @@ def smooth_window(n: int) -> int:
     return max(1, n // 20)
 
 
-def plot_dynamics(distill: dict[str, dict], teacher: dict | None, judge: dict | None):
-    """Per-variant distillation curves over iterations (moving averages, the raw values faint) and the teacher's
-    and judge's loss curves. `distill`: variant -> its metrics.json `history`; teacher/judge: their metrics."""
+def plot_dynamics(distill: dict[str, dict], teacher: dict | None, judge: dict | None, sdtt: dict | None = None):
+    """Per-variant distillation curves over iterations (moving averages, the raw values faint), the teacher's and
+    judge's loss curves, and SDTT's loss per round. `distill`: variant -> its metrics.json `history`; teacher, judge,
+    sdtt: their metrics."""
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(3, 4, figsize=(17, 10))
     axes = axes.ravel()
-    for ax in axes[len(DYNAMICS) + 2:]:
+    for ax in axes[len(DYNAMICS) + 3:]:
         ax.set_axis_off()
+    plot_sdtt_rounds(axes[len(DYNAMICS) + 2], sdtt)
     for ax, (key, title) in zip(axes, DYNAMICS):
         for j, (variant, history) in enumerate(distill.items()):
             values = history.get(key) or []
@@ -677,8 +679,27 @@ def plot_dynamics(distill: dict[str, dict], teacher: dict | None, judge: dict | 
     return fig
 
 
+def plot_sdtt_rounds(ax, sdtt: dict | None) -> None:
+    """SDTT's training loss over its steps, one colour per round (the teacher swapped at each boundary)."""
+    rounds = (sdtt or {}).get("rounds") or []
+    for r in rounds:
+        loss = r.get("loss_curve") or []
+        if loss:
+            x = np.arange(r["start"] + 1, r["start"] + len(loss) + 1)
+            ax.plot(x, loss, color=f"C{r['index'] % 10}", alpha=0.2, linewidth=0.7)
+            ax.plot(x, moving_average(loss, smooth_window(len(loss))), color=f"C{r['index'] % 10}",
+                    label=f"{r['teacher_nfe']} -> {r['student_nfe']} steps")
+    if not ax.lines:
+        _empty(ax, "SDTT")
+    else:
+        ax.legend(fontsize=7)
+    ax.set_title("SDTT: divergence to the 2-step teacher, per round", fontsize=9)
+    ax.set_xlabel("SDTT step")
+    ax.grid(True, alpha=0.3)
+
+
 def draw_dynamics(distill_metrics: list[str | Path], teacher: str | Path | None, judge: str | Path | None,
-                  out_dir: str | Path) -> None:
+                  out_dir: str | Path, sdtt: str | Path | None = None) -> None:
     """figures/dynamics.{png,pdf} from distill/<variant>/seed<seed>/metrics.json, teacher/metrics.json and
     judge/judge.json."""
     import matplotlib
@@ -691,7 +712,8 @@ def draw_dynamics(distill_metrics: list[str | Path], teacher: str | Path | None,
         run = io.read_json(path)
         name = run.get("variant", Path(path).parent.name)
         histories[name if run.get("seed") is None else f"{name} seed {run['seed']}"] = run.get("history", {})
-    fig = plot_dynamics(histories, io.read_json(teacher) if teacher else None, io.read_json(judge) if judge else None)
+    fig = plot_dynamics(histories, io.read_json(teacher) if teacher else None, io.read_json(judge) if judge else None,
+                        io.read_json(sdtt) if sdtt else None)
     save_figure(fig, Path(out_dir), "dynamics")
     plt.close(fig)
 
@@ -700,12 +722,13 @@ def add_dynamics_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--distill", nargs="*", default=[], help="distill/<variant>/seed<seed>/metrics.json files")
     parser.add_argument("--teacher", help="teacher/metrics.json")
     parser.add_argument("--judge", help="judge/judge.json")
+    parser.add_argument("--sdtt", help="distill/sdtt/metrics.json (SDTT's loss per round)")
     parser.add_argument("--out-dir", required=True, help="figures directory (writes dynamics.png and .pdf)")
     config.add_arguments(parser)
 
 
 def run_dynamics(args: argparse.Namespace) -> int:
-    draw_dynamics(args.distill, args.teacher, args.judge, args.out_dir)
+    draw_dynamics(args.distill, args.teacher, args.judge, args.out_dir, args.sdtt)
     log.info("training dynamics of %d distillation runs -> %s", len(args.distill), args.out_dir)
     return 0
 
@@ -726,7 +749,74 @@ def run_figures(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------------------------- distillation cost
+def cost_table(distill_metrics: list[dict], sdtt_metrics: dict | None, df: pd.DataFrame) -> pd.DataFrame:
+    """Per distillation (each DiDi-Instruct seed, SDTT): its wall-clock, and its student's gen-PPL at the students'
+    second NFE (16 by default) against the teacher's at K = L (the quality the paper's cost claim is about); sampled
+    with the plain ancestral sampler at temperature 1."""
+    rows = at_temperature_one(generated(df))
+    rows = rows[rows["sampler"] == "ancestral"]
+    teacher = rows[rows["model"] == "teacher"]
+    students = rows[rows["model"].str.startswith("student-")]
+    if teacher.empty or students.empty:
+        return pd.DataFrame()
+    teacher = teacher[teacher["precision"] == students["precision"].iloc[0]]
+    at_l = teacher.loc[teacher["nfe"].idxmax()]
+    k = sorted(students["nfe"].unique())[1] if students["nfe"].nunique() > 1 else students["nfe"].min()
+
+    def quality(model: str) -> float:
+        at = students[(students["model"] == model) & (students["nfe"] == k)]
+        return float(at["gen_ppl"].iloc[0]) if len(at) else float("nan")
+
+    runs = [(f"DiDi-Instruct {m.get('variant', '')} seed {m['seed']}", f"student-{m.get('variant')}-seed{m['seed']}",
+             m) for m in distill_metrics]
+    if sdtt_metrics:
+        runs.append(("SDTT", "student-sdtt", sdtt_metrics))
+    out = []
+    for name, model, m in runs:
+        ppl = quality(model)
+        out.append({"distillation": name, "wall_clock_s": round(float(m["wall_clock_s"]), 1),
+                    f"gen_ppl@{k}": round(ppl, 1), f"teacher@{int(at_l['nfe'])}": round(float(at_l["gen_ppl"]), 1),
+                    f"reaches_teacher@{int(at_l['nfe'])}": bool(ppl <= at_l["gen_ppl"])})
+    return pd.DataFrame(out)
+
+
+def cost_table_md(distill_metrics: list[dict], sdtt_metrics: dict | None, df: pd.DataFrame) -> str:
+    table = cost_table(distill_metrics, sdtt_metrics, df)
+    lines = ["Distillation cost: wall-clock of each distillation (as it ran, `metrics.json`) and the quality its "
+             "student reaches (plain ancestral sampling, temperature 1) against the teacher at K = L.", ""]
+    if table.empty:
+        return "\n".join(lines + ["(no distillation rows in the results table)"]) + "\n"
+    lines.append(table.to_markdown(index=False))
+    didi = table[table["distillation"].str.startswith("DiDi")]
+    sdtt = table[table["distillation"] == "SDTT"]
+    if len(didi) and len(sdtt):
+        ratio = sdtt["wall_clock_s"].iloc[0] / didi["wall_clock_s"].mean()
+        lines += ["", f"SDTT / DiDi-Instruct wall-clock per distillation: {ratio:.2f} (one run, the same machine; the "
+                      f"paper claims DiDi-Instruct is more than 20x cheaper than SDTT at its scale)."]
+    return "\n".join(lines) + "\n"
+
+
+def add_cost_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--distill", nargs="*", default=[], help="distill/<variant>/seed<seed>/metrics.json files")
+    parser.add_argument("--sdtt", help="distill/sdtt/metrics.json")
+    parser.add_argument("--table", required=True, help="results CSV (didi table)")
+    parser.add_argument("--out", required=True, help="markdown file")
+    config.add_arguments(parser)
+
+
+def run_cost(args: argparse.Namespace) -> int:
+    cfg = config.from_args(args)
+    text = cost_table_md([io.read_json(p) for p in args.distill], io.read_json(args.sdtt) if args.sdtt else None,
+                         read_table(args.table))
+    io.write_text(args.out, text)
+    io.write_provenance_beside(args.out, cfg)
+    log.info("distillation cost -> %s", args.out)
+    return 0
+
+
 COMMANDS = {
+    "cost": (add_cost_arguments, run_cost),
     "table": (add_table_arguments, run_table),
     "figures": (add_figures_arguments, run_figures),
     "dynamics": (add_dynamics_arguments, run_dynamics),

@@ -251,11 +251,23 @@ def test_dynamics_figure_from_fake_histories(tmp_path):
     (tmp_path / "teacher.json").write_text(json.dumps({"loss_curve": [[10, 3.0], [20, 2.0]],
                                                        "eval_curve": [[20, 2.1]]}))
     (tmp_path / "judge.json").write_text(json.dumps({"loss_curve": [[5, 4.0], [10, 3.5]], "heldout_ppl": 30.0}))
+    rounds = [{"index": i, "start": 20 * i, "teacher_nfe": 64 >> i, "student_nfe": 32 >> i,
+               "loss_curve": rng.normal(size=20).tolist()} for i in range(3)]
+    (tmp_path / "sdtt.json").write_text(json.dumps({"rounds": rounds}))
     out = tmp_path / "figures"
     tables.draw_dynamics([tmp_path / "baseline" / "metrics.json", tmp_path / "full" / "metrics.json"],
-                         tmp_path / "teacher.json", tmp_path / "judge.json", out)
+                         tmp_path / "teacher.json", tmp_path / "judge.json", out, tmp_path / "sdtt.json")
     for ext in ("png", "pdf"):
         assert (out / f"dynamics.{ext}").stat().st_size > 5000
+    # SDTT's panel: one curve pair (raw, smoothed) per round, each over its own steps
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots()
+    tables.plot_sdtt_rounds(ax, {"rounds": rounds})
+    assert [line.get_label() for line in ax.lines if not line.get_label().startswith("_")] == [
+        "64 -> 32 steps", "32 -> 16 steps", "16 -> 8 steps"]
+    assert ax.lines[2].get_xdata()[0] == 21 and len(ax.lines[2].get_xdata()) == 20
+    plt.close(fig)
 
 
 def test_dry_run_plans_the_exact_world_and_the_dynamics_figure(tmp_path):

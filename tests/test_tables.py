@@ -226,3 +226,18 @@ def test_speedups_are_ratios_of_seconds_per_sample(tmp_path):
     fast = tables.speedups(df).set_index("model")
     assert fast.loc["student-full", "vs_teacher@64"] == pytest.approx(8.0)
     assert fast.loc["student-full", "vs_ar"] == pytest.approx(4.0)
+
+
+def test_cost_table_by_hand(tmp_path):
+    """Two DiDi seeds of 100 s and 300 s, SDTT 400 s: the ratio is 400 / 200 = 2; each student's gen-PPL at the
+    second student NFE (16) against the teacher at L (100): seed 5 (95) reaches it, seed 6 (101) and SDTT (130) not."""
+    df = seeded_table(tmp_path, [
+        eval_json("teacher", "ancestral", "float64", 64, 1.0, 100.0, 4.0),
+        seeded_eval(5, "ancestral", 8, 120.0, 3.9), seeded_eval(5, "ancestral", 16, 95.0, 3.9),
+        seeded_eval(6, "ancestral", 8, 125.0, 3.9), seeded_eval(6, "ancestral", 16, 101.0, 3.9),
+        {**eval_json("student-sdtt", "ancestral", "float64", 16, 1.0, 130.0, 3.9), "variant": "sdtt"}])
+    runs = [{"variant": "full", "seed": 5, "wall_clock_s": 100.0}, {"variant": "full", "seed": 6, "wall_clock_s": 300.0}]
+    table = tables.cost_table(runs, {"wall_clock_s": 400.0}, df).set_index("distillation")
+    assert table["reaches_teacher@64"].tolist() == [True, False, False]
+    assert table.loc["SDTT", "gen_ppl@16"] == 130.0 and table.loc["DiDi-Instruct full seed 6", "gen_ppl@16"] == 101.0
+    assert "wall-clock per distillation: 2.00" in tables.cost_table_md(runs, {"wall_clock_s": 400.0}, df)

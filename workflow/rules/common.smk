@@ -207,6 +207,7 @@ def final_outputs():
         + [f"{R}/tables/{t}.md" for t in TABLES]
         + [f"{R}/teacher/metrics.json", f"{R}/judge/judge.json"]
         + [f"{R}/figures/dynamics.{ext}" for ext in ("png", "pdf")]
+        + [f"{R}/tables/distill_cost.md"]
     )
 
 

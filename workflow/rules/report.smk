@@ -110,11 +110,12 @@ rule bench:
 
 
 rule dynamics:
-    """Training curves: every distillation variant's history, the teacher's and the judge's loss."""
+    """Training curves: every distillation's history, the teacher's and the judge's loss, SDTT's loss per round."""
     input:
         distill=[f"{distill_dir(v, s)}/metrics.json" for v, s in distill_runs()],
         teacher=rules.train_teacher.output.metrics,
         judge=rules.train_judge.output.judge,
+        sdtt=rules.distill_sdtt.output.metrics,
     output:
         **{
             f"dynamics_{ext}": report(
@@ -142,7 +143,7 @@ rule dynamics:
     shell:
         logged(
             "{DIDI} dynamics --config-json {params.config_json:q} --distill {input.distill}"
-            " --teacher {input.teacher} --judge {input.judge} --out-dir {params.out_dir}"
+            " --teacher {input.teacher} --judge {input.judge} --sdtt {input.sdtt} --out-dir {params.out_dir}"
         )
 
 
@@ -171,4 +172,36 @@ rule bench_synthetic:
         logged(
             "OMP_NUM_THREADS={threads} {DIDI} bench --config-json {params.config_json:q} --synthetic-tokens"
             " --out-dir {params.out_dir}"
+        )
+
+
+rule cost:
+    """Distillation cost: each distillation's wall-clock and the quality its student reaches (SDTT vs DiDi)."""
+    input:
+        distill=[f"{distill_dir(v, s)}/metrics.json" for v, s in distill_runs()],
+        sdtt=rules.distill_sdtt.output.metrics,
+        table=rules.table.output,
+    output:
+        report(
+            f"{R}/tables/distill_cost.md",
+            caption="../report/distill_cost.rst",
+            category="Tables",
+        ),
+    log:
+        f"{R}/logs/cost.log",
+    benchmark:
+        f"{R}/benchmarks/cost.tsv"
+    conda:
+        ENVS
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=runtime("light"),
+    params:
+        rerun_on=relevant("cost"),
+        config_json=command_config("cost"),
+    shell:
+        logged(
+            "{DIDI} cost --config-json {params.config_json:q} --distill {input.distill} --sdtt {input.sdtt}"
+            " --table {input.table} --out {output}"
         )
