@@ -25,6 +25,7 @@ rule distill_sdtt:
     conda:
         ENVS
     threads: config["resources"]["threads"]
+    priority: 5  # the longest jobs after the teacher: started before the sampling jobs that can wait
     resources:
         mem_mb=config["resources"]["mem_mb"],
         runtime=runtime("train"),

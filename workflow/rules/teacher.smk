@@ -55,6 +55,7 @@ else:
         conda:
             ENVS
         threads: config["resources"]["threads"]
+        priority: 10  # the head of the critical path: every distillation waits for it
         resources:
             mem_mb=config["resources"]["mem_mb"],
             runtime=runtime("train"),
