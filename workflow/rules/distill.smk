@@ -15,10 +15,10 @@ rule distill:
         f"{R}/logs/distill/{{variant}}/seed{{seed}}.log",
     benchmark:
         f"{R}/benchmarks/distill/{{variant}}/seed{{seed}}.tsv"
+    priority: 5  # the longest jobs after the teacher: started before the sampling jobs that can wait
     conda:
         ENVS
     threads: config["resources"]["threads"]
-    priority: 5  # the longest jobs after the teacher: started before the sampling jobs that can wait
     resources:
         mem_mb=config["resources"]["mem_mb"],
         runtime=runtime("train"),

@@ -22,10 +22,10 @@ rule distill_sdtt:
         f"{R}/logs/distill/sdtt.log",
     benchmark:
         f"{R}/benchmarks/distill/sdtt.tsv"
+    priority: 5  # the longest jobs after the teacher: started before the sampling jobs that can wait
     conda:
         ENVS
     threads: config["resources"]["threads"]
-    priority: 5  # the longest jobs after the teacher: started before the sampling jobs that can wait
     resources:
         mem_mb=config["resources"]["mem_mb"],
         runtime=runtime("train"),

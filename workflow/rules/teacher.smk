@@ -52,10 +52,10 @@ else:
             f"{R}/logs/train_teacher.log",
         benchmark:
             f"{R}/benchmarks/train_teacher.tsv"
+        priority: 10  # the head of the critical path: every distillation waits for it
         conda:
             ENVS
         threads: config["resources"]["threads"]
-        priority: 10  # the head of the critical path: every distillation waits for it
         resources:
             mem_mb=config["resources"]["mem_mb"],
             runtime=runtime("train"),
