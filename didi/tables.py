@@ -41,7 +41,7 @@ the mean over seeds: gen_ppl = exp(mean gen_nll), entropy and MAUVE the means; i
 
 `didi figures` reads that CSV and writes figures/{gen_ppl_vs_nfe, entropy_vs_nfe, ppl_vs_entropy, precision_regime,
 ablation}.{png,pdf}
-and tables/{main_table, ablation_table, seeds_table}.md (markdown via pandas `to_markdown`, i.e. `tabulate`).
+and tables/{headline_table, main_table, ablation_table, seeds_table}.md (markdown via pandas `to_markdown`, i.e. `tabulate`).
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ COLUMNS = [
 INTEGER_COLUMNS = ["nfe", "distill_seed", "seed", "seeds", "num_samples", "scored_tokens", "disc_forward_calls", "disc_backward_calls",
                    "invalid_tokens"]
 FIGURES = ["gen_ppl_vs_nfe", "entropy_vs_nfe", "ppl_vs_entropy", "precision_regime", "ablation"]
-TABLES = ["main_table", "ablation_table", "seeds_table"]
+TABLES = ["headline_table", "main_table", "ablation_table", "seeds_table"]
 
 
 def calls_per_batch(ev: dict) -> float | None:
@@ -540,6 +540,47 @@ def speedups(df: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
+def headline_label(r) -> str:
+    """What a headline row is, in words."""
+    if r.model == "teacher":
+        return "teacher (MDLM)"
+    if r.sampler == "ar":
+        return "AR baseline (GPT-2)"
+    if r.model == "student-sdtt":
+        return "SDTT student"
+    seeds = f", mean of {int(r.seeds)} seeds" if pd.notna(r.seeds) else (
+        f", seed {int(r.distill_seed)}" if pd.notna(r.distill_seed) else "")
+    return f"DiDi-Instruct {r.variant}{' + RGAS' if r.sampler == 'rgas' else ''}{seeds}"
+
+
+def headline_table_md(df: pd.DataFrame) -> str:
+    """The README's table: teacher, each student (pooled over seeds where there are several), SDTT and the AR
+    baseline at temperature 1 and the headline precision; each cell gen-PPL [95 % interval, or the lowest and highest
+    seed for a pool] (entropy); the last column the sampling wall-clock per sample at the row's smallest NFE."""
+    rows = at_temperature_one(generated(one_row_per_setting(df)))
+    rows = rows[(rows["precision"] == headline_precision(df)) | (rows["sampler"] == "ar")]
+    rows = rows[rows["model"].isin(["teacher", "gpt2", "student-sdtt"]) | rows["seeds"].notna()
+                | (rows["model"].str.startswith("student-") & rows["distill_seed"].notna())]
+    if rows.empty:
+        return "(no generated rows in the results table)\n"
+    cells, order, per_sample = {}, [], {}
+    for r in rows.itertuples():
+        label = headline_label(r)
+        if label not in order:
+            order.append(label)
+        pooled = pd.notna(r.seeds)
+        lo, hi = (r.gen_ppl_seed_min, r.gen_ppl_seed_max) if pooled else (r.gen_ppl_lo, r.gen_ppl_hi)
+        span = f" [{lo:.1f}, {hi:.1f}]" if pd.notna(lo) else ""
+        cells.setdefault(label, {})[int(r.nfe)] = f"{r.gen_ppl:.1f}{span} ({r.entropy:.2f})"
+        seconds = r.sampling_seconds / r.num_samples * (r.seeds if pooled else 1)
+        if int(r.nfe) <= min(cells[label]):
+            per_sample[label] = f"{1000 * seconds:.1f} ms @ NFE {int(r.nfe)}"
+    nfes = sorted({k for c in cells.values() for k in c})
+    table = pd.DataFrame([[cells[lab].get(k, "") for k in nfes] + [per_sample[lab]] for lab in order],
+                         index=order, columns=[f"NFE {k}" for k in nfes] + ["sampling time per sample"])
+    return table.rename_axis("model").to_markdown() + "\n"
+
+
 def seeds_table_md(df: pd.DataFrame) -> str:
     targets = seed_targets(df)
     lines = ["Each distillation seed against the teacher (temperature 1): gen-PPL [95 % interval] at the smallest "
@@ -582,6 +623,7 @@ def draw_all(df: pd.DataFrame, out_dir: str | Path, tables_dir: str | Path, cfg:
     io.write_text(tables_dir / "main_table.md", main_table_md(df))
     io.write_text(tables_dir / "ablation_table.md", ablation_table_md(df))
     io.write_text(tables_dir / "seeds_table.md", seeds_table_md(df))
+    io.write_text(tables_dir / "headline_table.md", headline_table_md(df))
     if cfg is not None:
         for name in TABLES:
             io.write_provenance_beside(tables_dir / f"{name}.md", cfg)

@@ -241,3 +241,20 @@ def test_cost_table_by_hand(tmp_path):
     assert table["reaches_teacher@64"].tolist() == [True, False, False]
     assert table.loc["SDTT", "gen_ppl@16"] == 130.0 and table.loc["DiDi-Instruct full seed 6", "gen_ppl@16"] == 101.0
     assert "wall-clock per distillation: 2.00" in tables.cost_table_md(runs, {"wall_clock_s": 400.0}, df)
+
+
+def test_headline_table_pools_seeds_and_keeps_the_rest(tmp_path):
+    """The pooled student shows its mean and seed range, not its seeds; the teacher its bootstrap interval; the
+    float32 teacher rows stay out (the headline precision is the students'); time per sample from the pooled rows
+    counts every seed's samples."""
+    df = seeded_table(tmp_path, [
+        eval_json("teacher", "ancestral", "float64", 8, 1.0, 140.0, 3.9, seconds=6.4),
+        eval_json("teacher", "ancestral", "float32", 8, 1.0, 120.0, 3.8),
+        seeded_eval(5, "ancestral", 8, 100.0, 3.9, seconds=1.28), seeded_eval(6, "ancestral", 8, 400.0, 4.1,
+                                                                              seconds=1.28)])
+    text = tables.headline_table_md(df)
+    rows = {cells[0]: cells[1:] for cells in ([c.strip() for c in line.strip("|").split("|")]
+                                              for line in text.splitlines()[2:])}
+    assert rows["DiDi-Instruct full, mean of 2 seeds"] == ["200.0 [100.0, 400.0] (4.00)", "20.0 ms @ NFE 8"]
+    assert rows["teacher (MDLM)"] == ["140.0 [126.0, 154.0] (3.90)", "100.0 ms @ NFE 8"]
+    assert len(rows) == 2 and "120.0" not in text
