@@ -39,7 +39,7 @@ def corpus(tmp_path_factory):
     source.write_text("".join(json.dumps({"text": t}) + "\n" for t in grammar_docs(60, seed=0)))
     cfg = config.deep_merge(config.load(), {"corpus": {"source": str(source), "validation_fraction": 0.2},
                                             "tokenizer": {"vocab_size": 320, "min_frequency": 2},
-                                            "judge": JUDGE})
+                                            "data": {"seq_len": 32}, "judge": JUDGE})
     run("corpus", cfg, "--out-dir", str(root / "corpus"))
     run("tokenizer", cfg, "--corpus-dir", str(root / "corpus"), "--out-dir", str(root / "tokenizer"))
     return root, cfg

@@ -70,8 +70,12 @@ def relevant(step):
     return json.dumps(outputs_relevant(config, step), sort_keys=True)
 
 
+# the models the diffusion sampler (rule sample) draws from; gpt2 (the AR baseline) has rules of its own
+DIFFUSION_MODELS = r"teacher|exact|student-sdtt|student-[A-Za-z0-9_]+-seed\d+"
+
+
 wildcard_constraints:
-    model=r"teacher|gpt2|exact|student-sdtt|student-[A-Za-z0-9_]+-seed\d+",
+    model=f"gpt2|{DIFFUSION_MODELS}",
     variant=r"[A-Za-z0-9_]+",
     seed=r"\d+",
     sampler=r"ancestral|rgas|ar",

@@ -13,6 +13,8 @@ rule sample:
         f"{R}/logs/sample/{{model}}/{SAMPLE_STEM}.log",
     benchmark:
         f"{R}/benchmarks/sample/{{model}}/{SAMPLE_STEM}.tsv"
+    wildcard_constraints:
+        model=DIFFUSION_MODELS,
     conda:
         ENVS
     threads: 1
