@@ -164,6 +164,21 @@ def test_reward_spread_script_reads_the_dag_run(smoke_run):
     assert [r["tau"] for r in rows] == [0.05, 0.5]
 
 
+def test_reward_ceiling_script_runs_on_the_dag_run(smoke_run):
+    """scripts/reward_ceiling.py on the smoke DAG: five checkpoints over the discriminator-only run, each with a
+    one-corruption and an eight-corruption correlation in [-1, 1] at each read-out noise level (the script crashed
+    on the dataclass `load_world` returns before)."""
+    from conftest import REPO
+
+    script = load_script("reward_ceiling")
+    cfg = config.load([REPO / "config.yaml", REPO / "presets" / "smoke.yaml"], {"results": str(smoke_run)})
+    points = script.ceiling(cfg, smoke_run, {}, {}, batch=4, steps=4, held_out_rows=16, report=lambda *a, **k: None)
+    assert [p["step"] for p in points] == [0, 1, 2, 3, 4]
+    for point in points:
+        for t in (0.1, 0.4, 0.7):
+            assert all(-1 <= point[t][k] <= 1 for k in ("one", "eight"))
+
+
 def test_ranking_vs_gain_script_reads_gains_by_hand_and_counts_a_run_once(tmp_path):
     """scripts/ranking_vs_gain.py: the gain is the teacher's NLL minus the model's at K; a control row is left out;
     the same run kept in two directories under two names counts once (the copy that scored more models)."""

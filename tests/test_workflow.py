@@ -97,7 +97,7 @@ def test_edits_rerun_only_the_steps_whose_outputs_they_change(tmp_path):
     """Logging cadence reruns nothing; an inference-only key reruns only the files that use it; one new NFE point
     samples one new file (not the other points, the teacher pool or teacher_pos); a training key retrains."""
     results = fake_finished_run(tmp_path, SMOKE)
-    after = {"table": 1, "figures": 1, "all": 1}
+    after = {"table": 1, "figures": 1, "cost": 1, "all": 1}
     assert planned_jobs(tmp_path, results, SMOKE, "teacher:\n  log_every: 3\n  checkpoint_every: 7\n") == {}
     assert planned_jobs(tmp_path, results, SMOKE, "distill:\n  log_every: 3\n  checkpoint_every: 7\n") == {}
     # the smoke preset has one RGAS variant at two student NFEs and two seeds: its four RGAS files are resampled,
