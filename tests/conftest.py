@@ -63,3 +63,14 @@ def smoke_run(tmp_path_factory) -> Path:
     results = tmp_path_factory.mktemp("smoke") / "results"
     run_snakemake(["--cores", "2", *SMOKE, "--config", f"results={results}"])
     return results
+
+
+def make_tokenizer(out_dir, n_words=10):
+    """A word-level tokenizer of n_words + [PAD] tokens, saved as an AutoTokenizer-loadable directory."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {f"w{i}": i for i in range(n_words)} | {"[PAD]": n_words}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[PAD]"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]").save_pretrained(str(out_dir))

@@ -12,6 +12,7 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import make_tokenizer
 from didi import config
 from didi.diffusion import LogLinearSchedule, sample
 from didi import distill_cli, objective
@@ -337,17 +338,6 @@ def test_same_seed_gives_the_same_run_whatever_the_global_rng():
     for x, y in [(a.student, b.student), (a.discriminator, b.discriminator)]:
         for (name, p), q in zip(x.state_dict().items(), y.state_dict().values()):
             assert torch.equal(p, q), name
-
-
-def make_tokenizer(out_dir, n_words=10):
-    """A word-level tokenizer of n_words + [PAD] tokens, saved as an AutoTokenizer-loadable directory."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {f"w{i}": i for i in range(n_words)} | {"[PAD]": n_words}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="[PAD]"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]").save_pretrained(str(out_dir))
 
 
 def test_distill_command_writes_loadable_outputs(tmp_path):

@@ -13,6 +13,7 @@ import pytest
 import torch
 import yaml
 
+from conftest import make_tokenizer
 from didi import config, sdtt
 from didi.diffusion import LogLinearSchedule
 
@@ -231,17 +232,6 @@ def test_resume_gives_the_same_weights(tmp_path, on_growth, reset):
 
 
 # ---------------------------------------------------------------------------------------------- command + DDP
-def make_tokenizer(out_dir, n_words=10):
-    """A word-level tokenizer of n_words + [PAD] tokens ([MASK] = 11 for the tiny teacher's vocabulary of 12)."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {f"w{i}": i for i in range(n_words)} | {"[PAD]": n_words}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="[PAD]"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]").save_pretrained(str(out_dir))
-
-
 def _safetensors(path):
     from safetensors.torch import load_file
 
