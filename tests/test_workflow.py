@@ -106,9 +106,9 @@ def test_edits_rerun_only_the_steps_whose_outputs_they_change(tmp_path):
         "sample": 4, "evaluate": 4, **after}
     assert planned_jobs(tmp_path, results, SMOKE, "sampling:\n  nfe: [4, 8, 32]\n") == {
         "sample": 1, "evaluate": 1, **after}
-    # which student weights are sampled: every student file ((3 variants + 1 RGAS) x 2 NFEs x 2 seeds), no
-    # teacher file, no distillation (the run wrote both weights)
-    assert planned_jobs(tmp_path, results, SMOKE, "distill:\n  student_weights: ema\n") == {
+    # which student weights are sampled (config.yaml: ema): every student file ((3 variants + 1 RGAS) x 2 NFEs x
+    # 2 seeds), no teacher file, no distillation (the run wrote both weights)
+    assert planned_jobs(tmp_path, results, SMOKE, "distill:\n  student_weights: raw\n") == {
         "sample": 16, "evaluate": 16, **after}
     # one more distillation seed: one distillation per variant and its files, nothing else retrains
     more = planned_jobs(tmp_path, results, SMOKE, "distill:\n  seeds: [1234, 7, 8]\n")
