@@ -517,6 +517,12 @@ def seed_targets(df: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
+def seconds_per_sample(row) -> float:
+    """Sampling wall-clock per sample of a row; a pooled row holds its seeds' mean seconds over their summed
+    samples, so its seeds count back in."""
+    return row["sampling_seconds"] / row["num_samples"] * (row["seeds"] if pd.notna(row["seeds"]) else 1)
+
+
 def speedups(df: pd.DataFrame) -> pd.DataFrame:
     """Sampling wall-clock of the pooled (or only) student at each of its NFEs against the teacher at L and the AR
     baseline, from the same run: ratios of seconds per sample (the same sample count and batch size)."""
@@ -529,13 +535,12 @@ def speedups(df: pd.DataFrame) -> pd.DataFrame:
     teacher = teacher[teacher["precision"] == precision]
     at_l = teacher.loc[teacher["nfe"].idxmax()]
     ar = rows[rows["sampler"] == "ar"]
-    per_sample = lambda r: r["sampling_seconds"] / r["num_samples"] * (r["seeds"] if pd.notna(r["seeds"]) else 1)
     out = []
     for _, r in students.iterrows():
-        entry = {"model": r["model"], "nfe": int(r["nfe"]), "seconds_per_sample": per_sample(r),
-                 f"vs_teacher@{int(at_l['nfe'])}": per_sample(at_l) / per_sample(r)}
+        entry = {"model": r["model"], "nfe": int(r["nfe"]), "seconds_per_sample": seconds_per_sample(r),
+                 f"vs_teacher@{int(at_l['nfe'])}": seconds_per_sample(at_l) / seconds_per_sample(r)}
         if len(ar):
-            entry["vs_ar"] = per_sample(ar.iloc[0]) / per_sample(r)
+            entry["vs_ar"] = seconds_per_sample(ar.iloc[0]) / seconds_per_sample(r)
         out.append(entry)
     return pd.DataFrame(out)
 
@@ -564,7 +569,7 @@ def headline_table_md(df: pd.DataFrame) -> str:
     if rows.empty:
         return "(no generated rows in the results table)\n"
     cells, order, per_sample = {}, [], {}
-    for r in rows.itertuples():
+    for _, r in rows.iterrows():
         label = headline_label(r)
         if label not in order:
             order.append(label)
@@ -572,7 +577,7 @@ def headline_table_md(df: pd.DataFrame) -> str:
         lo, hi = (r.gen_ppl_seed_min, r.gen_ppl_seed_max) if pooled else (r.gen_ppl_lo, r.gen_ppl_hi)
         span = f" [{lo:.1f}, {hi:.1f}]" if pd.notna(lo) else ""
         cells.setdefault(label, {})[int(r.nfe)] = f"{r.gen_ppl:.1f}{span} ({r.entropy:.2f})"
-        seconds = r.sampling_seconds / r.num_samples * (r.seeds if pooled else 1)
+        seconds = seconds_per_sample(r)
         if int(r.nfe) <= min(cells[label]):
             per_sample[label] = f"{1000 * seconds:.1f} ms @ NFE {int(r.nfe)}"
     nfes = sorted({k for c in cells.values() for k in c})
