@@ -252,9 +252,14 @@ def grouped_advantages(rewards: torch.Tensor, group_size: int, clip: float, scal
     groups' unbiased variances (the within-group spread pooled over groups; reduce_sum sums over DDP ranks), so that a
     group whose rewards hardly differ (a tau at which the discriminator sees almost nothing) gets advantages near 0
     instead of noise blown up to unit scale. With equal group variances the two are the same.
+    "leave_one_out": R_i - the mean of the group's OTHER rewards, not divided by any std (RLOO: Kool et al. 2019,
+    Ahmadian et al. 2024; the std division is what Dr. GRPO, Liu et al. 2025, drops as a bias): unbiased, and a
+    group whose rewards hardly differ moves the student little.
     """
     r = rewards.view(-1, group_size)
     centred = r - r.mean(dim=1, keepdim=True)
+    if scale == "leave_one_out":  # R_i - (sum - R_i) / (G - 1) = G / (G - 1) (R_i - mean)
+        return (centred * group_size / (group_size - 1)).clamp(-clip, clip).view(-1)
     if scale == "group":
         std = r.std(dim=1, keepdim=True)
     elif scale == "pooled":
@@ -262,7 +267,7 @@ def grouped_advantages(rewards: torch.Tensor, group_size: int, clip: float, scal
         dof = reduce_sum(torch.tensor(float(r.shape[0] * (group_size - 1)), device=r.device))
         std = (squares / dof).sqrt().to(r.dtype)
     else:
-        raise ValueError(f"distill.method.advantage_scale: unknown {scale!r} (group | pooled)")
+        raise ValueError(f"distill.method.advantage_scale: unknown {scale!r} (group | pooled | leave_one_out)")
     a = centred / (std + 1e-8)
     return a.clamp(-clip, clip).view(-1)
 

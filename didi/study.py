@@ -27,6 +27,7 @@ import concurrent.futures
 import dataclasses
 import json
 import logging
+import math
 import os
 import time
 from pathlib import Path
@@ -65,6 +66,9 @@ class World:
     mask_id: int
     likelihood: Callable[[np.ndarray], dict]
     references: dict  # rows scored without training: name -> (model column, model)
+    evaluation: dict  # the config's evaluation section: the interval's resamples and confidence, MAUVE's settings
+    seed: int
+    reference_features: np.ndarray | None = None  # the judge's features of real text (MAUVE's Q); None: no MAUVE
 
     def reward(self, x: torch.Tensor) -> torch.Tensor:
         """Log-likelihood per scored token of each sample [rows] (the oracle's reward)."""
@@ -73,9 +77,19 @@ class World:
                                device=x.device)
 
     def score(self, ids: np.ndarray) -> dict:
+        """NLL per scored token, its gen-PPL interval (the evaluation's bootstrap over samples), entropies, and on a
+        text world MAUVE against real text (evaluate's settings, on the judge's features)."""
         scored = self.likelihood(ids)
-        return {"nll": float(scored["nll"].sum() / scored["tokens"].sum()), "invalid": int(scored["invalid"].sum()),
-                "entropy": evaluate.entropy_stats(ids)["entropy"], "positional_entropy": positional_entropy(ids)}
+        lo, hi = evaluate.bootstrap_ppl(scored["nll"], scored["tokens"], self.evaluation["bootstrap"],
+                                        self.evaluation["confidence"], self.seed)
+        out = {"nll": float(scored["nll"].sum() / scored["tokens"].sum()), "ppl_lo": lo, "ppl_hi": hi,
+               "invalid": int(scored["invalid"].sum()), "entropy": evaluate.entropy_stats(ids)["entropy"],
+               "positional_entropy": positional_entropy(ids), "mauve": None}
+        if self.reference_features is not None:
+            n = min(len(ids), len(self.reference_features))
+            out["mauve"] = evaluate.mauve_from_features(scored["features"][:n], self.reference_features[:n],
+                                                        self.evaluation["mauve"], self.seed)["mauve"]
+        return out
 
 
 @torch.no_grad()
@@ -142,16 +156,24 @@ def load_world(cfg: dict, results: Path) -> World:
         if "exact_denoiser" in reference_rows(cfg):  # state_tokenizer: EOS = V
             references["exact_denoiser"] = ("exact", synthetic.ExactDenoiser(chain, cfg["data"]["seq_len"], mask_id,
                                                                              chain.vocab_size))
-        return World(teacher, mask_id, lambda ids: synthetic.score_blocks(chain, ids, floor), references)
+        return World(teacher, mask_id, lambda ids: synthetic.score_blocks(chain, ids, floor), references,
+                     cfg["evaluation"], cfg["seed"])
     judge, judge_tokenizer, _ = evaluate.load_judge(results / "judge")
     evaluation = cfg["evaluation"]
 
-    def judge_likelihood(ids: np.ndarray) -> dict:
-        scored = evaluate.gen_ppl(data.decode(tokenizer, ids), judge, judge_tokenizer, evaluation["batch_size"],
-                                  evaluation["eos_policy"], max_length=cfg["data"]["seq_len"])
-        return {"nll": scored["nll"], "tokens": scored["tokens"], "invalid": np.zeros(len(ids), dtype=np.int64)}
+    def judge_scores(texts: list[str]) -> dict:
+        return evaluate.gen_ppl(texts, judge, judge_tokenizer, evaluation["batch_size"], evaluation["eos_policy"],
+                                max_length=cfg["data"]["seq_len"])
 
-    return World(teacher, mask_id, judge_likelihood, references)
+    def judge_likelihood(ids: np.ndarray) -> dict:
+        scored = judge_scores(data.decode(tokenizer, ids))
+        return {"nll": scored["nll"], "tokens": scored["tokens"], "invalid": np.zeros(len(ids), dtype=np.int64),
+                "features": scored["features"]}
+
+    reference = None  # MAUVE's Q: the real text the DAG's evaluation compares every model with
+    if evaluation["mauve"]["enabled"] and (results / "reference" / "a.jsonl").exists():
+        reference = judge_scores(evaluate.read_jsonl_texts(results / "reference" / "a.jsonl"))["features"]
+    return World(teacher, mask_id, judge_likelihood, references, evaluation, cfg["seed"], reference)
 
 
 def row_positives(results: Path, method: dict) -> np.ndarray:
@@ -191,12 +213,24 @@ def run_one(cfg: dict, results: Path, name: str, overrides: dict, seed: int, ks:
     return {"name": name, "seed": seed, "scores": scores, "history": history, "seconds": seconds}
 
 
+# the window at the end of a run over which its reward's correlation with the world's likelihood is averaged
+LAST_ITERATIONS = 150
+
+
+def last_mean(curve: list) -> float:
+    """Mean of the finite values among a curve's last LAST_ITERATIONS (NaN when there are none)."""
+    tail = np.asarray(curve[-LAST_ITERATIONS:], dtype=np.float64)
+    tail = tail[np.isfinite(tail)]
+    return float(tail.mean()) if len(tail) else math.nan
+
+
 def gap_table(frame: pd.DataFrame, ks: list[int], seq_len: int) -> pd.DataFrame:
     """Mean (and spread over seeds) of the true NLL per row, model and K; the share of the teacher's few-step gap
     closed: (NLL(teacher@K) - NLL(row@K)) / (NLL(teacher@K) - NLL(teacher@L)); and, when the exact denoiser was
     scored, the share of the teacher's DENOISER error at K closed: (NLL(teacher@K) - NLL(row@K)) /
     (NLL(teacher@K) - NLL(exact@K)), 1 where a row samples as well as the data's own denoiser does in K steps."""
     teacher = frame[frame.model == "teacher"].groupby("K").nll.mean()
+    teacher_lo = frame[frame.model == "teacher"].groupby("K").ppl_lo.mean() if "ppl_lo" in frame else None
     exact = frame[frame.model == "exact"].groupby("K").nll.mean()
     rows = []
     for (name, model), part in frame.groupby(["name", "model"], sort=False):
@@ -205,6 +239,9 @@ def gap_table(frame: pd.DataFrame, ks: list[int], seq_len: int) -> pd.DataFrame:
             at = part[part.K == k]
             entry[f"nll@{k}"] = at.nll.mean()
             entry[f"spread@{k}"] = at.nll.max() - at.nll.min()
+            if teacher_lo is not None and k in teacher_lo.index and model != "teacher":
+                # the share of seeds below the teacher at K with the 95 % intervals apart
+                entry[f"beats@{k}"] = float((at.ppl_hi < teacher_lo[k]).mean())
             if k != seq_len and {k, seq_len} <= set(teacher.index):  # no reference scored (--only): no share
                 entry[f"closed@{k}"] = (teacher[k] - at.nll.mean()) / (teacher[k] - teacher[seq_len])
             if k in exact.index:
@@ -213,6 +250,12 @@ def gap_table(frame: pd.DataFrame, ks: list[int], seq_len: int) -> pd.DataFrame:
             entry[f"entropy@{k}"] = part[part.K == k].entropy.mean()
         for k in ks:
             entry[f"positional_entropy@{k}"] = part[part.K == k].positional_entropy.mean()
+        if "mauve" in part and part.mauve.notna().any():
+            for k in ks:
+                entry[f"mauve@{k}"] = part[part.K == k].mauve.mean()
+        for column in ("reward_judge_corr", "seconds"):
+            if column in part:
+                entry[column] = part[column].mean()
         rows.append(entry)
     return pd.DataFrame(rows)
 
@@ -253,7 +296,10 @@ def run(args: argparse.Namespace) -> int:
                    for name, overrides, seed in jobs]
         for future in concurrent.futures.as_completed(futures):
             result = future.result()
-            new = pd.DataFrame([{"name": result["name"], "seed": result["seed"], "model": model, "K": k, **s}
+            run_fields = {"seconds": result.get("seconds", math.nan),
+                          "reward_judge_corr": last_mean(result["history"].get("reward_exact_corr", []))}
+            new = pd.DataFrame([{"name": result["name"], "seed": result["seed"], "model": model, "K": k, **s,
+                                 **run_fields}
                                 for model, by_k in result["scores"].items() for k, s in by_k.items()])
             if len(lines):
                 lines = lines[~((lines.name == result["name"]) & (lines.seed == result["seed"]))]

@@ -223,6 +223,17 @@ def test_pooled_advantages_by_hand():
         grouped_advantages(r, 4, 3.0, "batch")
 
 
+def test_leave_one_out_advantages_by_hand():
+    """advantage_scale leave_one_out (RLOO): R_i minus the mean of the group's other rewards, no std."""
+    r = torch.tensor([1.0, 2.0, 3.0, 6.0, 0.0, 0.0, 0.0, 0.4])
+    a = grouped_advantages(r, 4, 3.0, "leave_one_out")
+    assert torch.allclose(a[:4], torch.tensor([1 - 11 / 3, 2 - 10 / 3, 3 - 3.0, 6 - 2.0]).clamp(-3, 3), atol=1e-6)
+    assert a[3].item() == pytest.approx(3.0)  # 4.0 clipped to the advantage clip
+    # a quiet group keeps its small scale (the group std would blow it up to unit scale)
+    assert torch.allclose(a[4:], torch.tensor([-0.4 / 3] * 3 + [0.4]), atol=1e-6)
+    assert grouped_advantages(r, 4, 3.0)[4:].abs().max() > 1.0
+
+
 def test_omega_is_one_over_t_for_log_linear():
     t = torch.tensor([0.02, 0.1, 0.5, 0.98], dtype=torch.float64)
     assert torch.equal(SCHED.omega(t), 1 / t)

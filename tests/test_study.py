@@ -34,6 +34,16 @@ def test_gap_table_by_hand():
     assert table.loc["teacher", "closed@4"] == 0.0 and "closed@32" not in table.columns
     assert table.loc["row", "entropy@8"] == pytest.approx(1.9) and table.loc["teacher", "entropy@32"] == 2.0
     assert "denoiser_closed@4" not in table.columns  # no exact denoiser scored
+    assert not any(c.startswith(("beats@", "mauve@")) for c in table.columns)  # no intervals, no MAUVE scored
+    # intervals: a seed beats the teacher at K when its upper bound is below the teacher's lower bound
+    bounded = pd.DataFrame(rows).assign(ppl_lo=lambda f: np.exp(f.nll) * 0.95, ppl_hi=lambda f: np.exp(f.nll) * 1.05,
+                                        mauve=0.9, seconds=[math.nan, 10.0, 20.0] * 3,
+                                        reward_judge_corr=[math.nan, 0.1, 0.3] * 3)
+    table = study.gap_table(bounded, [4, 8, 32], seq_len=32).set_index("row")
+    assert table.loc["row", "beats@4"] == 1.0  # exp(1.5) and exp(1.7): both x 1.05 below exp(2.0) x 0.95
+    assert table.loc["row", "beats@8"] == 0.0 and "beats@4" in table.columns
+    assert table.loc["row", "seconds"] == 15.0 and table.loc["row", "reward_judge_corr"] == pytest.approx(0.2)
+    assert table.loc["row", "mauve@8"] == 0.9
     exact = [{"name": "exact_denoiser", "seed": 0, "model": "exact", "K": k, "nll": nll, "entropy": 2.0,
               "positional_entropy": 3.0} for k, nll in ((4, 1.8), (8, 1.4), (32, 1.0))]
     table = study.gap_table(pd.DataFrame(rows + exact), [4, 8, 32], seq_len=32).set_index("row")
@@ -73,7 +83,12 @@ def test_study_on_a_text_corpus_scores_with_the_workflow_judge(smoke_run, tmp_pa
     stem = "teacher/ancestral_float64_nfe32_T1.00"
     evaluated = json.loads((smoke_run / "eval" / f"{stem}.json").read_text())
     ids = np.load(smoke_run / "samples" / f"{stem}.npy")
-    assert world.score(ids)["nll"] == pytest.approx(math.log(evaluated["gen_ppl"]), rel=1e-9)
+    scored = world.score(ids)
+    assert scored["nll"] == pytest.approx(math.log(evaluated["gen_ppl"]), rel=1e-9)
+    # the interval and MAUVE are the evaluation's own (same bootstrap, same reference text, same k-means seed)
+    assert (scored["ppl_lo"], scored["ppl_hi"]) == pytest.approx((evaluated["gen_ppl_lo"], evaluated["gen_ppl_hi"]),
+                                                                 rel=1e-9)
+    assert scored["mauve"] == pytest.approx(evaluated["mauve"], rel=1e-6)
     per_token = -np.asarray(evaluated["per_sample_nll"]) / np.asarray(evaluated["per_sample_tokens"])
     assert world.reward(torch.as_tensor(ids.astype(np.int64))).numpy() == pytest.approx(per_token, rel=1e-5)
 
@@ -93,6 +108,9 @@ def test_study_on_a_text_corpus_scores_with_the_workflow_judge(smoke_run, tmp_pa
     assert sorted(lines[lines.model.isin(guided)].K.unique()) == [4]  # at rgas_ks only
     history = json.loads((out / "histories.json").read_text())["oracle_judge_reward/0"]
     assert len(history["reward_exact_corr"]) == 4 and np.allclose(history["reward_exact_corr"], 1.0, atol=1e-4)
+    trained = lines[lines.name == "oracle_judge_reward"]
+    assert np.allclose(trained.reward_judge_corr, 1.0, atol=1e-4) and (trained.seconds > 0).all()
+    assert (lines.ppl_lo < np.exp(lines.nll)).all() and (np.exp(lines.nll) < lines.ppl_hi).all()
     assert (out / "table.md").read_text().count("oracle_judge_reward") == 4  # EMA, raw and the two RGAS models
 
 
@@ -122,7 +140,7 @@ def test_score_model_with_unguided_rgas_is_the_ancestral_score():
         return {"nll": ids.sum(1).astype(float), "tokens": np.full(len(ids), seq_len),
                 "invalid": np.zeros(len(ids), dtype=np.int64)}
 
-    world = study.World(model, vocab, likelihood, {})
+    world = study.World(model, vocab, likelihood, {}, config.load()["evaluation"], cfg["seed"])
     plain = study.score_model(model, cfg, [2, 4], 64, world)
     unguided = study.score_model(model, cfg, [2, 4], 64, world, disc,
                                  {"h_start": 0.0, "h_end": 0.0, "candidates": 1, "tilt_fraction": 0.5,
