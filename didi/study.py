@@ -256,8 +256,17 @@ def gap_table(frame: pd.DataFrame, ks: list[int], seq_len: int) -> pd.DataFrame:
         for column in ("reward_judge_corr", "seconds"):
             if column in part:
                 entry[column] = part[column].mean()
+        control = frame[(frame.name == f"{name}{CONTROL_SUFFIX}") & (frame.model == model)]
+        for k in ks if len(control) else []:
+            # the row minus its shuffled-advantage control, seed by seed (paired: same seed, same samples' noise)
+            paired = part[part.K == k].merge(control[control.K == k], on="seed", suffixes=("", "_control"))
+            entry[f"minus_control@{k}"] = (paired.nll - paired.nll_control).mean() if len(paired) else math.nan
         rows.append(entry)
     return pd.DataFrame(rows)
+
+
+# a row named `<row>_shuffled` is `<row>`'s shuffled-advantage control (gap_table pairs them)
+CONTROL_SUFFIX = "_shuffled"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

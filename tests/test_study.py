@@ -44,6 +44,12 @@ def test_gap_table_by_hand():
     assert table.loc["row", "beats@8"] == 0.0 and "beats@4" in table.columns
     assert table.loc["row", "seconds"] == 15.0 and table.loc["row", "reward_judge_corr"] == pytest.approx(0.2)
     assert table.loc["row", "mauve@8"] == 0.9
+    # a `<row>_shuffled` row is the row's control: the paired difference of NLL, seed by seed
+    control = [{**r, "name": "row_shuffled", "nll": r["nll"] + 0.1 * (r["seed"] + 1)} for r in rows
+               if r["name"] == "row"]
+    table = study.gap_table(pd.DataFrame(rows + control), [4, 8, 32], seq_len=32).set_index("row")
+    assert table.loc["row", "minus_control@8"] == pytest.approx(-0.15)  # mean of -0.1 and -0.2
+    assert "minus_control@8" not in table.columns or np.isnan(table.loc["row_shuffled", "minus_control@8"])
     exact = [{"name": "exact_denoiser", "seed": 0, "model": "exact", "K": k, "nll": nll, "entropy": 2.0,
               "positional_entropy": 3.0} for k, nll in ((4, 1.8), (8, 1.4), (32, 1.0))]
     table = study.gap_table(pd.DataFrame(rows + exact), [4, 8, 32], seq_len=32).set_index("row")
