@@ -23,7 +23,11 @@ all plus the machine description:
              Uses --student / --discriminator when given, else the teacher's weights in both roles (the networks
              have the same size, so the timing differs only through the cache hit rate).
  - baseline: the AR GPT-2 baseline with its KV cache against the teacher at NFE = L and the student at each
-             distill.nfe: samples/s, tokens/s and speed-up ratios (didi.baseline.bench_baseline; needs --baseline).
+             distill.nfe: samples/s, tokens/s and speed-up ratios (section_baseline; needs --baseline).
+ - distill_cost: DiDi-Instruct and SDTT distilled from the teacher in segments, the student judged after each:
+             wall-clock and network calls until it reaches the teacher's gen-PPL at K = L and at 2 x 16, and their
+             ratio (didi.cost; needs --judge; also writes distill_cost.md). Runs both distillations: the longest
+             section by far.
 """
 
 from __future__ import annotations
@@ -142,9 +146,9 @@ def bench_sampler(cfg: dict, model: torch.nn.Module, mask_id: int, nfe: int, num
     sample(model, num_samples, model.config.seq_len, 2, *args)  # warm-up (sample runs under no_grad)
     result = sample(model, num_samples, model.config.seq_len, nfe, *args)
     tokens = num_samples * model.config.seq_len
-    return {"nfe": nfe, "tokens_per_s": tokens / result.seconds, "seconds": result.seconds,
-            "network_calls": result.network_calls, "num_samples": num_samples, "cache": cache,
-            "precision": diffusion_cfg["sampling_precision"]}
+    return {"nfe": nfe, "tokens_per_s": tokens / result.seconds, "samples_per_s": num_samples / result.seconds,
+            "seconds": result.seconds, "network_calls": result.network_calls, "num_samples": num_samples,
+            "cache": cache, "precision": diffusion_cfg["sampling_precision"]}
 
 
 # ---------------------------------------------------------------------------------------------- sections
@@ -266,19 +270,28 @@ def rgas_overhead(cfg: dict, student: torch.nn.Module, discriminator: torch.nn.M
     return {"nfe": nfe, "student": plain, "rgas": guided, "rgas_overhead": guided["seconds"] / plain["seconds"]}
 
 
+def student_and_teacher_full(cfg: dict, ctx: dict) -> tuple[torch.nn.Module, dict]:
+    """(the student to time: --student, else the teacher's weights in its role; the teacher's sampler timed at
+    K = L, what the speed-up sections divide by)."""
+    from didi.model import load_dit
+
+    teacher = ctx["model"]
+    device = next(teacher.parameters()).device
+    student = load_dit(ctx["student_dir"], device)[0] if ctx.get("student_dir") else teacher
+    return student, bench_sampler(cfg, teacher, ctx["mask_id"], teacher.config.seq_len, cfg["sampling"]["batch_size"])
+
+
 def section_speedup(cfg: dict, ctx: dict) -> dict:
     from didi.discriminator import Discriminator, load_discriminator
-    from didi.model import load_dit
 
     teacher, mask_id, n = ctx["model"], ctx["mask_id"], cfg["sampling"]["batch_size"]
     device = next(teacher.parameters()).device
-    student = load_dit(ctx["student_dir"], device)[0] if ctx.get("student_dir") else teacher
+    student, teacher_full = student_and_teacher_full(cfg, ctx)
     if ctx.get("discriminator_dir"):
         discriminator = load_discriminator(ctx["discriminator_dir"], device)
     else:
         discriminator = Discriminator.from_teacher(teacher, cfg["distill"]["discriminator_trainable_blocks"]).to(device)
     discriminator.eval()
-    teacher_full = bench_sampler(cfg, teacher, mask_id, teacher.config.seq_len, n)
     rows = []
     for nfe in cfg["distill"]["nfe"]:
         row = rgas_overhead(cfg, student, discriminator, mask_id, nfe, n)
@@ -290,23 +303,69 @@ def section_speedup(cfg: dict, ctx: dict) -> dict:
             "discriminator_dir": ctx.get("discriminator_dir")}
 
 
-def section_baseline(cfg: dict, ctx: dict) -> dict:
-    from didi.baseline import bench_baseline
+def bench_generate(model, num_samples: int, seq_len: int, bos_id: int) -> dict:
+    """Wall-clock of the AR baseline's sampling (baseline.generate) of `num_samples` x L tokens with the KV cache,
+    after a short warm-up."""
+    from didi.baseline import generate, nfe
 
-    return bench_baseline(cfg, ctx)
+    device = next(model.parameters()).device
+    generate(model, num_samples, 3, bos_id, 1.0)  # warm-up
+    synchronize(device)
+    start = time.perf_counter()
+    _, calls = generate(model, num_samples, seq_len, bos_id, 1.0)
+    synchronize(device)
+    seconds = time.perf_counter() - start
+    return {"nfe": nfe(seq_len), "network_calls": calls, "seconds": seconds, "samples_per_s": num_samples / seconds,
+            "tokens_per_s": num_samples * seq_len / seconds, "num_samples": num_samples, "cache": True}
+
+
+def section_baseline(cfg: dict, ctx: dict) -> dict:
+    """The AR baseline (KV cache) against the teacher at NFE = L and the student at each distill.nfe, in this one run
+    on this device; speed-ups as ratios of samples/s (= ratios of tokens/s)."""
+    from didi.baseline import INFO
+    from didi.judge import load_judge
+
+    teacher, mask_id, n = ctx["model"], ctx["mask_id"], cfg["sampling"]["batch_size"]
+    seq_len = teacher.config.seq_len
+    student, teacher_full = student_and_teacher_full(cfg, ctx)
+    model, _, _ = load_judge(ctx["baseline_dir"], INFO)
+    model.to(next(teacher.parameters()).device)
+    torch.manual_seed(cfg["seed"])
+    ar = bench_generate(model, n, seq_len, model.config.bos_token_id)
+    log.info("AR baseline: %.4g samples/s, %.4g tokens/s; teacher at NFE %d: %.4g samples/s (AR %.3gx the teacher)",
+             ar["samples_per_s"], ar["tokens_per_s"], seq_len, teacher_full["samples_per_s"],
+             ar["samples_per_s"] / teacher_full["samples_per_s"])
+    rows = []
+    for k in cfg.get("distill", {}).get("nfe", []):
+        s = bench_sampler(cfg, student, mask_id, k, n)
+        rows.append({"nfe": k, "student": s, "speedup_vs_baseline": s["samples_per_s"] / ar["samples_per_s"],
+                     "speedup_vs_teacher_full": s["samples_per_s"] / teacher_full["samples_per_s"]})
+        log.info("student NFE %d: %.4g samples/s = %.3gx the AR baseline, %.3gx the teacher at NFE %d", k,
+                 s["samples_per_s"], rows[-1]["speedup_vs_baseline"], rows[-1]["speedup_vs_teacher_full"], seq_len)
+    return {"baseline": ar, "baseline_dir": str(ctx["baseline_dir"]), "teacher_full_nfe": teacher_full,
+            "baseline_vs_teacher_full": ar["samples_per_s"] / teacher_full["samples_per_s"], "student": rows,
+            "student_dir": ctx.get("student_dir")}
+
+
+def section_distill_cost(cfg: dict, ctx: dict) -> dict:
+    from didi import cost
+
+    return cost.section(cfg, ctx)
 
 
 SECTIONS = {"teacher": section_teacher, "distill": section_distill, "speedup": section_speedup,
-            "baseline": section_baseline}
+            "baseline": section_baseline, "distill_cost": section_distill_cost}
 
 
 def run_bench(cfg: dict, tokens_dir: str | Path | None, tokenizer_dir: str | Path | None, out_dir: str | Path,
               teacher_dir: str | Path | None = None, sections: list[str] | None = None, nfe: list[int] | None = None,
               warmup_steps: int = 3, timed_steps: int = 10, student_dir: str | Path | None = None,
               discriminator_dir: str | Path | None = None, peak: float | None = None,
-              baseline_dir: str | Path | None = None) -> dict:
-    """Run the chosen sections (default: teacher, plus distill and speedup when the config has a distill section);
-    write the JSON files. tokens_dir and tokenizer_dir None: synthetic tokens (synthetic_blocks)."""
+              baseline_dir: str | Path | None = None, judge_dir: str | Path | None = None,
+              cost_options: dict | None = None) -> dict:
+    """Run the chosen sections (default: teacher, plus distill and speedup when the config has a distill section,
+    baseline with baseline_dir, distill_cost with judge_dir); write the JSON files. tokens_dir and tokenizer_dir
+    None: synthetic tokens (synthetic_blocks). cost_options: didi.cost.options (distill_cost's budget)."""
     from didi.model import mask_id_of
 
     out_dir = Path(out_dir)
@@ -328,12 +387,13 @@ def run_bench(cfg: dict, tokens_dir: str | Path | None, tokenizer_dir: str | Pat
         source = Path(tokens_dir) / "train.npy" if tokens_dir else "synthetic tokens"
         raise ValueError(f"{source} has blocks of {blocks.shape[1]} tokens, the model {model.config.seq_len}")
     sections = sections or ["teacher"] + (["distill", "speedup"] if "distill" in cfg else []) + (
-        ["baseline"] if baseline_dir else [])
+        ["baseline"] if baseline_dir else []) + (["distill_cost"] if judge_dir and tokens_dir is not None else [])
     ctx = {"model": model, "mask_id": mask_id, "blocks": blocks, "teacher_dir": str(teacher_dir) if teacher_dir
            else None, "nfe": nfe or [8, model.config.seq_len], "warmup_steps": warmup_steps,
            "timed_steps": timed_steps, "student_dir": str(student_dir) if student_dir else None,
            "discriminator_dir": str(discriminator_dir) if discriminator_dir else None, "peak_tflops": peak,
-           "baseline_dir": baseline_dir}
+           "baseline_dir": baseline_dir, "judge_dir": str(judge_dir) if judge_dir else None,
+           "tokenizer_dir": str(tokenizer_dir) if tokenizer_dir else None, "out_dir": out_dir, "cost": cost_options}
     results = {"machine": machine(), "tokens": "synthetic" if tokens_dir is None else str(tokens_dir)}
     for name in sections:
         results[name] = SECTIONS[name](cfg, ctx)
@@ -355,6 +415,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--student", default=None, help="distilled student directory for the speedup section")
     p.add_argument("--discriminator", default=None, help="discriminator directory for the RGAS overhead")
     p.add_argument("--baseline", default=None, help="AR baseline directory (baseline.json) for the baseline section")
+    p.add_argument("--judge", default=None, help="judge directory (judge.json) for the distill_cost section")
     p.add_argument("--out-dir", required=True)
     p.add_argument("--sections", nargs="+", choices=list(SECTIONS), default=None)
     p.add_argument("--nfe", type=int, nargs="+", default=None, help="sampler NFEs to time (default: 8 and L)")
@@ -364,9 +425,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "takes)")
     p.add_argument("--warmup-steps", type=int, default=3)
     p.add_argument("--timed-steps", type=int, default=10)
+    from didi import cost
+
+    cost.add_arguments(p)
 
 
 def run(args: argparse.Namespace) -> int:
+    from didi import cost
+
     cfg = config.from_args(args)
     if args.synthetic_tokens == bool(args.tokens or args.tokenizer):
         raise SystemExit("didi bench: give --tokens and --tokenizer, or --synthetic-tokens (not both)")
@@ -375,7 +441,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = {**cfg, "teacher": {**cfg["teacher"], "batch_size": args.teacher_batch or per_gpu_batch(cfg)}}
     run_bench(cfg, args.tokens, args.tokenizer, args.out_dir, args.teacher, args.sections, args.nfe,
               args.warmup_steps, args.timed_steps, args.student, args.discriminator, args.peak_tflops,
-              args.baseline)
+              args.baseline, args.judge, cost.options_from_args(args))
     return 0
 
 

@@ -90,9 +90,10 @@ def validate(cfg: dict, source: str = "config", partial: bool = False, sweeps: b
 
 def check_cross_keys(cfg: dict, source: str = "config", nfe: bool = True) -> None:
     """Checks between keys the schema cannot express (each runs when the sections it reads are present):
-    variants named in distill.run are defined, RGAS variants are trained, and (`nfe`: a whole run's config, checked
-    by the Snakefile and `load`) no NFE of a sweep exceeds L: K steps over L < K positions leave steps with
-    nothing to unmask, so the extra steps only add network calls."""
+    variants named in distill.run are defined, RGAS variants are trained, no variant rewards with the study's oracle
+    (reward_source exact), and (`nfe`: a whole run's config, checked by the Snakefile and `load`) no NFE of a sweep
+    exceeds L: K steps over L < K positions leave steps with nothing to unmask, so the extra steps only add network
+    calls."""
     problems = []
     if "distill" in cfg:
         d = cfg["distill"]
@@ -102,7 +103,13 @@ def check_cross_keys(cfg: dict, source: str = "config", nfe: bool = True) -> Non
         untrained = [v for v in d["rgas"]["variants"] if v not in d["run"]]
         if untrained:
             problems.append(f"distill.rgas.variants: {untrained} not in distill.run {d['run']}")
-    if "judge" in cfg and "data" in cfg and cfg["judge"]["kind"] == "lm" and not cfg["judge"]["pretrained"]:
+        # `didi distill` has no likelihood to reward with: the oracle is a `didi study` row's override
+        oracle = [f"distill.variants.{v}" if "reward_source" in over else "distill.method"
+                  for v, over in d["variants"].items() if {**d["method"], **over}["reward_source"] == "exact"]
+        for key in dict.fromkeys(oracle):
+            problems.append(f"{key}.reward_source: exact needs a world's likelihood, which only `didi study` has (set "
+                            "it in a study row's method overrides); `didi distill` rewards with the discriminator")
+    if "judge" in cfg and "data" in cfg and not is_exact_judge(cfg["judge"]) and not cfg["judge"]["pretrained"]:
         # a judge that cannot see a whole sample scores a cut sample: every gen-PPL would be of the cut
         judge, seq_len = cfg["judge"], cfg["data"]["seq_len"]
         for key in ("n_positions", "seq_len"):
@@ -141,6 +148,12 @@ def imports_teacher(cfg: dict) -> bool:
     """True when the released teacher of teacher.init_from is used as is (teacher.finetune_steps: 0): the
     workflow then imports it (rule import_teacher) instead of training (rule train_teacher)."""
     return bool(cfg["teacher"]["init_from"]) and cfg["teacher"].get("finetune_steps") == 0
+
+
+def is_exact_judge(judge: dict) -> bool:
+    """Is the judge the synthetic chain itself (judge.kind exact), not a GPT-2? The one place that decides it, for
+    the config's judge section and for a judge.json alike (both carry `kind`; a GPT-2 judge's judge.json has none)."""
+    return judge.get("kind", "lm") == "exact"
 
 
 def is_local_path(value: str) -> bool:
@@ -203,7 +216,7 @@ STEPS: dict[str, tuple[tuple[str, ...], dict[str, tuple[str, ...] | str]]] = {
         {"data": ("num_proc",), "diffusion": ("sampling_t_end", "sampling_precision", "cache"),
          "teacher": ("log_every", "checkpoint_every", "eval_every"), "wandb": ALL},
     ),
-    "train_judge": (("seed", "judge", "data"), {"judge": ("log_every",), "data": ("num_proc",)}),
+    "train_judge": (("seed", "judge", "data"), {"judge": ("log_every", "checkpoint_every"), "data": ("num_proc",)}),
     # one file per (sampler, precision, nfe, temperature): the sweep lists name other files; precision comes
     # from the file name, RGAS's settings are added per file by the rule (distill.rgas, RGAS files only)
     "sample": (
@@ -254,8 +267,10 @@ STEPS: dict[str, tuple[tuple[str, ...], dict[str, tuple[str, ...] | str]]] = {
     "figures": (("seed",), {}),
     "dynamics": (("seed",), {}),
     "cost": (("seed",), {}),
-    # tokenizer: vocab_size for --synthetic-tokens; resources: gpu sets the per-GPU batch timed (bench.per_gpu_batch)
-    "bench": (("seed", "tokenizer", "data", "model", "diffusion", "teacher", "sampling", "distill", "resources"),
+    # tokenizer: vocab_size for --synthetic-tokens; resources: gpu sets the per-GPU batch timed (bench.per_gpu_batch);
+    # sdtt, evaluation: the distill_cost section (didi/cost.py) distils with SDTT too and judges as evaluate does
+    "bench": (("seed", "tokenizer", "data", "model", "diffusion", "teacher", "sampling", "distill", "sdtt",
+               "evaluation", "resources"),
               {"resources": ("sample_gpu", "threads", "mem_mb", "runtime")}),
 }
 
@@ -295,8 +310,10 @@ def check_inputs(teacher_dir: str | Path, tokens_stats: str | Path, tokenizer_di
     on the vocabulary (real ids + [MASK] = len(tokenizer) + 1). Raise ConfigError naming the file that disagrees."""
     from transformers import AutoTokenizer
 
+    from didi import io  # here, not at the top: the Snakefile imports this module, and io imports torch
+
     teacher_json, tokens_json = Path(teacher_dir) / "config.json", Path(tokens_stats)
-    teacher, tokens = read_json_file(teacher_json), read_json_file(tokens_json)
+    teacher, tokens = io.read_json(teacher_json), io.read_json(tokens_json)
     if "model" not in teacher:
         raise ConfigError(f"{teacher_json}: not a didi model directory's config (no 'model' section)")
     teacher = teacher["model"]  # the DiTConfig that save_dit writes
@@ -314,15 +331,6 @@ def check_inputs(teacher_dir: str | Path, tokens_stats: str | Path, tokenizer_di
         raise ConfigError("distillation inputs disagree (rerun the step that made the stale file):\n  "
                           + "\n  ".join(problems))
     return {"seq_len": teacher["seq_len"], "vocab_size": vocab}
-
-
-def read_json_file(path: Path) -> dict:
-    if not path.exists():
-        raise ConfigError(f"file not found: {path}")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ConfigError(f"{path}: not valid JSON: {err}") from err
 
 
 def add_check_inputs_arguments(parser: argparse.ArgumentParser) -> None:

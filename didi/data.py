@@ -358,6 +358,18 @@ def load_blocks(path: str | Path) -> np.ndarray:
     return blocks
 
 
+def load_token_blocks(tokens_dir: str | Path, seq_len: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train, validation) blocks of a `didi tokenize` output directory, checked against data.seq_len = L."""
+    out = []
+    for split in ("train", "validation"):
+        blocks = load_blocks(Path(tokens_dir) / f"{split}.npy")
+        if blocks.shape[1] != seq_len:
+            raise ValueError(f"{tokens_dir}/{split}.npy has blocks of {blocks.shape[1]} tokens, config data.seq_len "
+                             f"is {seq_len}")
+        out.append(blocks)
+    return out[0], out[1]
+
+
 # ---------------------------------------------------------------------------------------------- unigram
 def unigram_counts(blocks: np.ndarray, vocab: int, chunk_rows: int = 65536) -> np.ndarray:
     counts = np.zeros(vocab, dtype=np.int64)
@@ -366,8 +378,9 @@ def unigram_counts(blocks: np.ndarray, vocab: int, chunk_rows: int = 65536) -> n
     return counts
 
 
-def unigram_entropy(counts: np.ndarray) -> float:
-    """Entropy (nats) of the empirical unigram distribution."""
+def entropy_of_counts(counts: np.ndarray) -> float:
+    """Entropy (nats) of the empirical distribution with these counts (zeros allowed): a corpus's unigram, a sample's
+    tokens (evaluate.unigram_entropy), the tokens at one position across samples."""
     p = counts[counts > 0] / counts.sum()
     return float(-(p * np.log(p)).sum())
 
@@ -415,7 +428,7 @@ def tokenize_split(cfg: dict, corpus_dir: str | Path, tokenizer_dir: str | Path,
         "split": split, "documents": len(docs), "document_tokens": int(sum(tokenized["length"])),
         "blocks": n_blocks, "seq_len": d["seq_len"], "tokens": int(blocks.size), "wrap": d["wrap"],
         "dtype": str(dtype), "vocab": vocab, "tokenizer_size": len(tokenizer), "special_ids": special,
-        "unigram_entropy_nats": unigram_entropy(counts),
+        "unigram_entropy_nats": entropy_of_counts(counts),
         "pad_tokens": int(counts[special["pad"]]),
     }
     if train_blocks is not None:

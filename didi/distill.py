@@ -8,7 +8,7 @@ One iteration (`distill_step`):
  4. Student samples and positives are corrupted at alpha(tau) (coupled) or at independent times.
  5. One discriminator step: BCE with label smoothing on masked positions.
  6. Reward from the just-updated discriminator: clipped log-odds averaged over the masked positions of a row.
- 7. Grouped normalisation -> advantage A (by each group's std, or one pooled over the groups), clipped.
+ 7. Grouped normalisation -> advantage A (by each group's std, one pooled over the groups, or leave-one-out), clipped.
  8. Weight omega(tau) (clipped) and optionally 1 / pi(tau).
  9. Student loss = -mean(w * A * log p) + kl_coef * KL(teacher || student) [or Jeffrey] - entropy_coef * H.
 10. AdamW steps with warm-up and clipping for student and discriminator; EMA of the student.
@@ -17,7 +17,8 @@ The objective's pieces are plain functions in didi/objective.py; here are the st
 together (`distill_step`, the steps above numbered in it) and the loop with checkpoints (`run_distillation`); the
 `didi distill` command (files in, files out) is didi/distill_cli.py. The core works on any denoiser
 `model(z [B,L], sigma [B]) -> logits [B,L,V+1]` and any discriminator `D(z, sigma) -> [B,L]`, so tests can run it
-on a toy world whose answers are known exactly.
+on a toy world whose answers are known exactly. The recipe's variations are the config's switches, read where they
+act, and a caller's `reward_hook` (RewardHook), which sees step 6's reward and may put another in its place.
 DDP: every draw of a row comes from its global group's generator (seed, iteration, group) and masked-position means
 use counts summed over ranks, so N ranks reproduce one process on the same global batch (with dropout 0).
 """
@@ -29,7 +30,7 @@ import dataclasses
 import logging
 import math
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Protocol
 
 import numpy as np
 import torch
@@ -55,6 +56,17 @@ def group_generators(seed: int, iteration: int, groups: range, device) -> list[t
 
 
 # ---------------------------------------------------------------------------------------------- state + step
+class RewardHook(Protocol):
+    """A caller's variation of step 6 (run_distillation's `reward_hook`): called with the student's samples
+    x [rows, L], their reward [rows] and the group size G, it returns the reward the advantages use (the same, or
+    one in its place) and {name: float} statistics logged with the iteration's; `stats` names them (NaN in a
+    discriminator warm-up iteration, which reads no reward). method["reward_source"] other than "discriminator"
+    needs one that supplies that reward."""
+    stats: tuple[str, ...]
+
+    def __call__(self, x: torch.Tensor, reward: torch.Tensor, group_size: int) -> tuple[torch.Tensor, dict]: ...
+
+
 @dataclasses.dataclass
 class DistillState:
     student: nn.Module
@@ -71,17 +83,18 @@ class DistillState:
     dist: distributed.DistInfo = dataclasses.field(default_factory=distributed.DistInfo)
     iteration: int = 0
     history: dict = dataclasses.field(default_factory=dict)
-    # didi study only: x [rows, L] -> log-likelihood per token of each sample under its world (the exact chain's,
-    # or the judge's on text); logged against the reward (reward_exact_corr), the reward of reward_source "exact"
-    exact_reward: Callable | None = None
+    reward_hook: RewardHook | None = None
 
 
 def build_state(teacher: nn.Module, distill_cfg: dict, method: dict, schedule: LogLinearSchedule, mask_id: int,
                 seq_len: int, discriminator: nn.Module | None = None, dist: distributed.DistInfo | None = None,
-                seed: int = 0) -> DistillState:
+                seed: int = 0, reward_hook: RewardHook | None = None) -> DistillState:
     """Student, EMA student and (by default) discriminator initialised from the teacher's weights, explicitly,
     AFTER the teacher was loaded (the official code copied an uninitialised network: docs/method.md section 6).
     The discriminator head (and its spectral-norm vectors) are drawn from `seed`, the same on every rank."""
+    if method["reward_source"] != "discriminator" and reward_hook is None:
+        raise ValueError(f"distill.method.reward_source {method['reward_source']!r} needs a likelihood to reward "
+                         "with: a reward_hook that supplies it (none was given)")
     teacher.eval().requires_grad_(False)
     student = copy.deepcopy(teacher).train().requires_grad_(True)
     student_ema = copy.deepcopy(student).eval().requires_grad_(False)
@@ -96,7 +109,7 @@ def build_state(teacher: nn.Module, distill_cfg: dict, method: dict, schedule: L
     opt_disc = torch.optim.AdamW([p for p in discriminator.parameters() if p.requires_grad],
                                  lr=distill_cfg["discriminator_lr"], weight_decay=0.0)
     return DistillState(student, student_ema, teacher, discriminator, opt_student, opt_disc, schedule, distill_cfg,
-                        method, mask_id, seq_len, dist or distributed.DistInfo())
+                        method, mask_id, seq_len, dist or distributed.DistInfo(), reward_hook=reward_hook)
 
 
 def optimiser_step(optimizer, loss, params: list, clip: float) -> torch.Tensor:
@@ -116,6 +129,23 @@ WARMUP_STATS = {"student_loss": math.nan, "pg_loss": math.nan, "kl": math.nan, "
                 "reward": math.nan, "grad_norm": 0.0}
 
 
+def set_learning_rates(state: DistillState) -> int:
+    """This iteration's rates of both optimisers (warm-up; lr_schedule linear_decay, the authors' code: each falls
+    linearly to ~0 at the end of its own steps). Returns the student's iteration: negative in the first
+    distill_cfg["discriminator_warmup"] iterations, which train the discriminator alone (the student holds still, so
+    its first rewards come from a discriminator that already tells its samples from the positives)."""
+    distill_cfg = state.distill_cfg
+    student_iteration = state.iteration - distill_cfg["discriminator_warmup"]
+    decay = distill_cfg["lr_schedule"] == "linear_decay"
+    for opt, lr, step, steps in (
+            (state.opt_student, distill_cfg["student_lr"], max(student_iteration, 0), distill_cfg["iterations"]),
+            (state.opt_disc, distill_cfg["discriminator_lr"], state.iteration,
+             distill_cfg["iterations"] + distill_cfg["discriminator_warmup"])):
+        for group in opt.param_groups:
+            group["lr"] = runtime.warmup_lr(step, lr, distill_cfg["warmup_steps"], steps if decay else None)
+    return student_iteration
+
+
 def discriminator_steps(state: DistillState, z_real, tau_real, z_fake, tau, count) -> tuple:
     """distill_cfg["discriminator_steps"] updates on the same corrupted batch; returns (last loss, accuracy)."""
     D, distill_cfg = state.discriminator, state.distill_cfg
@@ -130,6 +160,13 @@ def discriminator_steps(state: DistillState, z_real, tau_real, z_fake, tau, coun
     return d_loss, d_acc
 
 
+def reward_of(state: DistillState, views: tuple) -> torch.Tensor:
+    """The discriminator's reward of each student sample, read on its corruptions `views` = (z_fakes, taus)
+    (objective.reward_corruptions)."""
+    return objective.rewards(state.discriminator, *views, state.schedule, state.mask_id,
+                             state.distill_cfg["reward_clip"], state.method)
+
+
 def distill_step(state: DistillState, positives: torch.Tensor, generator) -> dict:
     """One DiDi-Instruct iteration on this rank's rows. positives [b, L]: the positive rows (b prompts), each is
     repeated G times. generator: one torch.Generator, or a list of b (one per prompt = group: group_generators).
@@ -138,68 +175,41 @@ def distill_step(state: DistillState, positives: torch.Tensor, generator) -> dic
     over ranks, divided by the world size), so the gradients averaged over ranks are those of one process with all
     rows. Returns float statistics whose mean over ranks is the global value."""
     distill_cfg, method, sched, mask_id = state.distill_cfg, state.method, state.schedule, state.mask_id
-    dist, G, D, device = state.dist, distill_cfg["group_size"], state.discriminator, positives.device
+    G, clip, device = distill_cfg["group_size"], distill_cfg["tau_clip"], positives.device
 
     def count(mask):  # masked positions of the global batch / world size (at least 1 / world size)
-        return distributed.all_reduce_sum(mask.sum()).clamp(min=1) / dist.world_size
+        return distributed.all_reduce_sum(mask.sum()).clamp(min=1) / state.dist.world_size
 
+    student_iteration = set_learning_rates(state)  # < 0: the discriminator's warm-up, the student holds still
     # 1. positives, each repeated G times (one group = G student samples)
     real = positives.repeat_interleave(G, dim=0)
     rows = real.shape[0]
-    # discriminator_warmup: the first iterations train the discriminator alone (the student holds still, so its
-    # first rewards come from a discriminator that already tells its samples from the positives)
-    student_iteration = state.iteration - distill_cfg["discriminator_warmup"]
-    student_moves = student_iteration >= 0
-    # lr_schedule linear_decay (the authors' code): both rates fall linearly to ~0 at the end of their own steps
-    decay = distill_cfg["lr_schedule"] == "linear_decay"
-    for opt, lr, step, steps in (
-            (state.opt_student, distill_cfg["student_lr"], max(student_iteration, 0), distill_cfg["iterations"]),
-            (state.opt_disc, distill_cfg["discriminator_lr"], state.iteration,
-             distill_cfg["iterations"] + distill_cfg["discriminator_warmup"])):
-        for group in opt.param_groups:
-            group["lr"] = runtime.warmup_lr(step, lr, distill_cfg["warmup_steps"], steps if decay else None)
     # 2-3. time and student rollout
-    tau, pi = objective.draw_tau(rows, method, distill_cfg["tau_clip"], generator, device, G)
-    with torch.set_grad_enabled(student_moves):
+    tau, pi = objective.draw_tau(rows, method, clip, generator, device, G)
+    with torch.set_grad_enabled(student_iteration >= 0):
         roll = objective.rollout(state.student, rows, state.seq_len, tau, sched, mask_id, method, distill_cfg["t0"],
                                  generator, distill_cfg["rollout_precision"], device)
-    rollout_stats = {"logp": roll["logp"].mean().item(), "fake_mask_left": (roll["x"] == mask_id).float().mean().item()}
+    stats = {"logp": roll["logp"].mean().item(), "fake_mask_left": (roll["x"] == mask_id).float().mean().item()}
     # 4. corruption of student samples and positives
-    z_fake, z_real, tau_real = objective.corrupt_both(roll["x"], real, tau, sched, mask_id, method,
-                                                      distill_cfg["tau_clip"], generator)
-    if not student_moves:  # the discriminator's warm-up: its step is all there is (no reward, no student loss)
+    z_fake, z_real, tau_real = objective.corrupt_both(roll["x"], real, tau, sched, mask_id, method, clip, generator)
+    if student_iteration < 0:  # the discriminator's warm-up: its step is all there is (no reward, no student loss)
         d_loss, d_acc = discriminator_steps(state, z_real, tau_real, z_fake, tau, count)
         state.iteration += 1
-        return {**WARMUP_STATS, **rollout_stats, "d_loss": d_loss.item(), "d_acc": d_acc.item(),
-                **({"reward_exact_corr": math.nan} if state.exact_reward is not None else {})}
-    # 5-6. discriminator step(s); the reward from the just-updated discriminator (or from the one before it)
-    # reward_times "rollout": the reward reads z_fake and reward_corruptions - 1 further corruptions at tau;
-    # "stratified": reward_corruptions fresh corruptions, one in each stratum of the noise range
-    corruptions = distill_cfg["reward_corruptions"]
-    if distill_cfg["reward_times"] == "stratified":
-        reward_taus = objective.stratified_taus(rows, corruptions, distill_cfg["tau_clip"], generator, device, G)
-        z_fakes = [objective.corrupt_rows(roll["x"], t, sched, mask_id, generator) for t in reward_taus]
-    else:
-        reward_taus = tau
-        z_fakes = [z_fake] + [objective.corrupt_rows(roll["x"], tau, sched, mask_id, generator)
-                              for _ in range(corruptions - 1)]
-
-    def reward_now():
-        return objective.rewards(D, z_fakes, reward_taus, sched, mask_id, distill_cfg["reward_clip"], method)
-
-    reward = reward_now() if method["reward_before_update"] else None
+        hooked = dict.fromkeys(state.reward_hook.stats, math.nan) if state.reward_hook is not None else {}
+        return {**WARMUP_STATS, **stats, "d_loss": d_loss.item(), "d_acc": d_acc.item(), **hooked}
+    # 5-6. discriminator step(s); the reward from the just-updated discriminator (reward_before_update: the one
+    # before), on the corruptions of the student's samples that reward_times draws
+    views = objective.reward_corruptions(roll["x"], z_fake, tau, distill_cfg["reward_times"],
+                                         distill_cfg["reward_corruptions"], clip, sched, mask_id, generator, G)
+    reward = reward_of(state, views) if method["reward_before_update"] else None
     d_loss, d_acc = discriminator_steps(state, z_real, tau_real, z_fake, tau, count)
-    reward = reward_now() if reward is None else reward
-    exact = state.exact_reward(roll["x"]) if state.exact_reward is not None else None
-    if method["reward_source"] == "exact":  # the study's oracle: the likelihood in place of the estimate
-        if exact is None:
-            raise ValueError("distill.method.reward_source 'exact' needs a likelihood to reward with (didi study)")
-        reward = exact
-    # 7. grouped advantage (shuffle_advantages: the no-information control)
-    advantage = objective.grouped_advantages(reward, G, distill_cfg["advantage_clip"], method["advantage_scale"],
-                                             distributed.all_reduce_sum)
-    if method["shuffle_advantages"]:
-        advantage = objective.shuffled(advantage, generator)
+    reward = reward_of(state, views) if reward is None else reward
+    hooked = {}
+    if state.reward_hook is not None:  # the caller's observer of the reward, which may replace it
+        reward, hooked = state.reward_hook(roll["x"], reward, G)
+    # 7. grouped advantage (shuffle_advantages: permuted across rows)
+    advantage = objective.advantages(reward, G, distill_cfg["advantage_clip"], method, generator,
+                                     distributed.all_reduce_sum)
     # 8. time weight omega(tau), optionally / pi(tau)
     weight = objective.time_weight(sched, tau, pi, method, distill_cfg["omega_clip"])
     # 9. student loss: policy gradient + regulariser to the teacher - entropy bonus
@@ -211,14 +221,9 @@ def distill_step(state: DistillState, positives: torch.Tensor, generator) -> dic
                                distill_cfg["student_grad_clip"])
     runtime.ema_update(state.student_ema, state.student, distill_cfg["ema"], student_iteration, warmup=False)
     state.iteration += 1
-    return {
-        "student_loss": loss.item(), "pg_loss": pg_loss.item(), "kl": kl.item(), "entropy": entropy.item(),
-        "reward": reward.mean().item(), "d_loss": d_loss.item(), "d_acc": d_acc.item(),
-        "grad_norm": float(grad_norm), **rollout_stats,
-        # how well the reward ranks a group's samples by the study world's likelihood (didi study only)
-        **({"reward_exact_corr": objective.within_group_correlation(reward, exact, G).item()}
-           if exact is not None else {}),
-    }
+    return {"student_loss": loss.item(), "pg_loss": pg_loss.item(), "kl": kl.item(), "entropy": entropy.item(),
+            "reward": reward.mean().item(), "d_loss": d_loss.item(), "d_acc": d_acc.item(),
+            "grad_norm": float(grad_norm), **stats, **hooked}
 
 
 # ---------------------------------------------------------------------------------------------- the loop
@@ -240,10 +245,10 @@ def resume_identity(distill_cfg: dict, method: dict, seed: int, teacher: nn.Modu
 def run_distillation(teacher: nn.Module, positives, distill_cfg: dict, method: dict, schedule: LogLinearSchedule,
                      mask_id: int, seed: int, device="cpu", discriminator: nn.Module | None = None,
                      checkpoint_dir: str | Path | None = None, dist: distributed.DistInfo | None = None,
-                     progress: bool = True, wandb_run=None, exact_reward: Callable | None = None) -> DistillState:
+                     progress: bool = True, wandb_run=None, reward_hook: RewardHook | None = None) -> DistillState:
     """Distil for distill_cfg["iterations"] student iterations after distill_cfg["discriminator_warmup"]
     discriminator-only ones (resuming from checkpoint_dir when it holds a checkpoint of
-    the same identity; history["resumed_from_iteration"] says where, or None). exact_reward: see DistillState.
+    the same identity; history["resumed_from_iteration"] says where, or None). reward_hook: see RewardHook.
 
     positives [N, L] (tensor or array): the discriminator's positive pool (real data, or teacher samples); each
     iteration draws distill_cfg["batch_size"] rows of it, shared across ranks, and this rank takes its slice.
@@ -252,8 +257,7 @@ def run_distillation(teacher: nn.Module, positives, distill_cfg: dict, method: d
     # rows are read per iteration (a memory-mapped .npy stays on disk: paper-scale token files do not fit in RAM)
     positives = positives.numpy() if isinstance(positives, torch.Tensor) else positives
     state = build_state(teacher, distill_cfg, method, schedule, mask_id, positives.shape[1], discriminator, dist,
-                        seed)
-    state.exact_reward = exact_reward
+                        seed, reward_hook)
     identity = resume_identity(distill_cfg, method, seed, teacher, positives)
     modules = {"student": state.student, "student_ema": state.student_ema, "discriminator": state.discriminator}
     resumed = None

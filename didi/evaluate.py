@@ -51,7 +51,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from didi import config, io
+from didi import config, data, io
 
 log = logging.getLogger("didi.evaluate")
 
@@ -214,9 +214,7 @@ def bootstrap_ppl(nll: np.ndarray, tokens: np.ndarray, resamples: int, confidenc
 # ---------------------------------------------------------------------------------------------- entropy
 def unigram_entropy(ids_row) -> float:
     """Entropy (nats) of the empirical unigram distribution of one sample's token ids."""
-    _, counts = np.unique(np.asarray(ids_row).ravel(), return_counts=True)
-    p = counts / counts.sum()
-    return float(-(p * np.log(p)).sum())
+    return data.entropy_of_counts(np.unique(np.asarray(ids_row).ravel(), return_counts=True)[1])
 
 
 def entropy_stats(ids: np.ndarray) -> dict:
@@ -341,7 +339,7 @@ def measure_exact(ids: np.ndarray, info: dict, cfg: dict) -> dict:
 def judged(texts: list[str], ids: np.ndarray, judge_dir: str | Path, cfg: dict, q_texts: list[str] | None):
     """(row of `measure` or `measure_exact`, judge name, judge info) for the judge in `judge_dir`."""
     info = io.read_json(Path(judge_dir) / "judge.json")
-    if info.get("kind") == "exact":
+    if config.is_exact_judge(info):
         return measure_exact(ids, info, cfg), info["name"], info
     model, tokenizer, info = load_judge(judge_dir)
     model.to(io.default_device())
@@ -361,11 +359,6 @@ def read_jsonl_texts(path: str | Path) -> list[str]:
 
 def write_jsonl_texts(path: str | Path, texts: list[str]) -> None:
     io.write_text(path, "".join(json.dumps({"text": t}) + "\n" for t in texts))
-
-
-def save_npy(path: str | Path, array: np.ndarray) -> None:
-    with io.atomic_path(path) as tmp, open(tmp, "wb") as f:
-        np.save(f, array)
 
 
 def sample_fields(samples: Path, meta: dict) -> dict:
@@ -434,8 +427,6 @@ def reference_files(tokens: str | Path, tokenizer_dir: str | Path, judge_dir: st
                     out_dir: str | Path, cfg: dict) -> dict:
     from transformers import AutoTokenizer
 
-    from didi import data
-
     blocks = data.load_blocks(tokens)
     a_idx, b_idx = pick_reference_blocks(len(blocks), num_samples, cfg["seed"], source=str(tokens))
     tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
@@ -457,8 +448,8 @@ def reference_files(tokens: str | Path, tokenizer_dir: str | Path, judge_dir: st
     out_dir = Path(out_dir)
     write_jsonl_texts(out_dir / "a.jsonl", a_texts)
     write_jsonl_texts(out_dir / "b.jsonl", b_texts)
-    save_npy(out_dir / "a.npy", a_ids)
-    save_npy(out_dir / "b.npy", b_ids)
+    io.save_npy(out_dir / "a.npy", a_ids)
+    io.save_npy(out_dir / "b.npy", b_ids)
     io.write_metrics(out_dir / "metrics.json", metrics, cfg)
     log.info("reference gen-PPL %.3f  entropy %.3f  MAUVE(a, b) %s", metrics["gen_ppl"], metrics["entropy"],
              metrics["mauve"])

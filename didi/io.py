@@ -104,8 +104,18 @@ def write_json(path: str | os.PathLike, obj: Any, indent: int | None = 2) -> Non
 
 
 def read_json(path: str | os.PathLike) -> Any:
+    """A JSON file's content; a file that is not JSON raises ValueError naming it."""
     with open(path) as f:
-        return json.load(f)
+        try:
+            return json.load(f)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}: not valid JSON: {err}") from err
+
+
+def save_npy(path: str | os.PathLike, array: np.ndarray) -> None:
+    """An array as .npy, atomically."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:  # a file object: np.save would append .npy to a name
+        np.save(f, array)
 
 
 def _json_default(obj: Any) -> Any:
@@ -121,8 +131,16 @@ def _json_default(obj: Any) -> Any:
 
 
 def save_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], metadata: dict | None = None) -> None:
-    """safetensors, atomically. Tensors are made contiguous and moved to CPU."""
-    tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    """safetensors, atomically. Tensors are made contiguous and moved to CPU; a tensor sharing memory with an earlier
+    one (tied weights: the judge's GPT-2 head and embedding) is saved as a copy, since safetensors refuses shared
+    memory; strict loading writes the one parameter twice."""
+    out, seen = {}, set()
+    for name, value in tensors.items():
+        value = value.detach().contiguous().cpu()
+        storage = value.untyped_storage().data_ptr()
+        out[name] = value.clone() if storage in seen else value
+        seen.add(storage)
+    tensors = out
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata={k: str(v) for k, v in (metadata or {}).items()})
 

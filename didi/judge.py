@@ -3,8 +3,10 @@
 - `judge.pretrained` set (paper scale: "gpt2-large", or a local directory): nothing is trained; `judge.json`
   points at it and records its held-out perplexity on our validation split (retokenised with its own tokenizer).
 - `judge.pretrained: null` (embedded default): a GPT-2 (`GPT2LMHeadModel`) trained from scratch on the train
-  split, packed into blocks of `judge.seq_len` with the same BOS/EOS wrap as the teacher's data; saved to
-  `<out-dir>/model` with our tokenizer. `judge.json` records its held-out perplexity.
+  split, packed into blocks of `judge.seq_len` with the same BOS/EOS wrap as the teacher's data, by the trainers'
+  loop (`runtime.train`: a killed run resumes from `<out-dir>/checkpoints` and ends as the uninterrupted one);
+  saved to `<out-dir>/model` with our tokenizer. `judge.json` records its held-out perplexity.
+- `judge.kind: exact` (`config.is_exact_judge`): the synthetic chain judges itself; judge.json describes it.
 
 Held-out perplexity = exp(sum NLL / scored tokens) over the first `eval_batches` batches of validation blocks;
 the first token of each block is not scored (nothing to condition on) and PAD labels are excluded.
@@ -15,7 +17,6 @@ from __future__ import annotations
 import argparse
 import logging
 import math
-import time
 from pathlib import Path
 
 import numpy as np
@@ -76,7 +77,7 @@ def heldout_perplexity(model, blocks: np.ndarray, batch_size: int, max_batches: 
     model.eval()
     nll, tokens = 0.0, 0
     for start in range(0, min(len(blocks), batch_size * max_batches), batch_size):
-        x = torch.from_numpy(np.asarray(blocks[start:start + batch_size]).astype(np.int64)).to(device)
+        x = runtime.to_tensor(blocks[start:start + batch_size], device)
         logits = model(input_ids=x).logits.float()
         targets = x[:, 1:]
         losses = F.cross_entropy(logits[:, :-1].reshape(-1, logits.size(-1)), targets.reshape(-1), reduction="none")
@@ -85,14 +86,6 @@ def heldout_perplexity(model, blocks: np.ndarray, batch_size: int, max_batches: 
         tokens += int(keep.sum())
     model.train(was_training)
     return math.exp(nll / tokens), tokens
-
-
-def learning_rate(step: int, peak: float, warmup: int, total: int) -> float:
-    """Linear warm-up to `peak`, then cosine decay to MIN_LR_FRACTION * peak at `total`."""
-    if step < warmup:
-        return peak * (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return peak * (MIN_LR_FRACTION + (1 - MIN_LR_FRACTION) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
 
 
 # ---------------------------------------------------------------------- shared with the AR baseline (didi.baseline)
@@ -108,21 +101,34 @@ def new_gpt2(vocab: int, special: dict, n_positions: int, n_embd: int, n_layer: 
     return GPT2LMHeadModel(model_config).float()
 
 
-def lm_step(model, optimizer, x: torch.Tensor, lr: float, grad_clip: float) -> torch.Tensor:
-    """One next-token-prediction step of a causal LM on the blocks `x` at learning rate `lr`; the detached loss."""
-    for group in optimizer.param_groups:
-        group["lr"] = lr
-    loss = model(input_ids=x, labels=x).loss
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    if grad_clip:
-        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-    optimizer.step()
-    return loss.detach()
+def pretrained_lm(name: str, device: torch.device):
+    """(pointer, model in float32 eval mode on `device`, tokenizer, context) of a pretrained causal LM, a hub name
+    or a local directory. The pointer (judge.json's / baseline.json's path fields) names a local directory by its
+    absolute path, so it survives a change of cwd."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    local = Path(name).expanduser()
+    path = str(local.resolve()) if local.is_dir() else name
+    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=local.is_dir())
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, local_files_only=local.is_dir())
+    model.to(device).eval()
+    context = getattr(model.config, "n_positions", None) or model.config.max_position_embeddings
+    return {"path": path, "tokenizer": path, "trained": False}, model, tokenizer, context
 
 
-def train_judge(cfg: dict, corpus_dir: str | Path, tokenizer_dir: str | Path, out_dir: str | Path) -> dict:
-    """Train the local GPT-2 judge (judge.pretrained null) and write <out_dir>/model + judge.json."""
+def save_lm(out_dir: Path, model, tokenizer) -> None:
+    """out_dir/model: the model (safetensors, the only format transformers 5 writes) and its tokenizer."""
+    with io.atomic_dir(out_dir / "model") as tmp:
+        model.cpu().save_pretrained(str(tmp))
+        tokenizer.save_pretrained(str(tmp))
+
+
+# ---------------------------------------------------------------------------------------------- the judge
+def train_judge(cfg: dict, corpus_dir: str | Path, tokenizer_dir: str | Path, out_dir: str | Path,
+                max_steps: int | None = None) -> dict | None:
+    """Train (or resume) the local GPT-2 judge (judge.pretrained null) and write <out_dir>/model + judge.json.
+    `max_steps` stops after that many steps without writing them (as a kill would). Returns judge.json's content
+    when done."""
     from transformers import AutoTokenizer
 
     judge_cfg = cfg["judge"]
@@ -130,7 +136,8 @@ def train_judge(cfg: dict, corpus_dir: str | Path, tokenizer_dir: str | Path, ou
     if judge_cfg["seq_len"] > judge_cfg["n_positions"]:
         raise config.ConfigError(f"judge.seq_len ({judge_cfg['seq_len']}) exceeds judge.n_positions "
                                  f"({judge_cfg['n_positions']})")
-    device = io.default_device()
+    info = runtime.start_process()  # one process
+    device = info.device
     tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir), local_files_only=True)
     special = data.special_ids(tokenizer)
     num_proc = cfg.get("data", {}).get("num_proc", 1)
@@ -139,88 +146,81 @@ def train_judge(cfg: dict, corpus_dir: str | Path, tokenizer_dir: str | Path, ou
     if len(train) == 0:
         raise ValueError(f"the train split is shorter than one judge block of {judge_cfg['seq_len']} tokens")
 
-    io.seed_everything(cfg["seed"])  # weight init and dropout draw from torch's global generator
+    # The judge draws statefully (unlike the teacher, it does not reseed per step): weight init and dropout from
+    # torch's global generator, the rows of each batch from `batches`; checkpoints save both generators' states.
+    io.seed_everything(cfg["seed"])
     model = new_gpt2(len(tokenizer), special, judge_cfg["n_positions"], judge_cfg["n_embd"], judge_cfg["n_layer"],
                      judge_cfg["n_head"]).to(device)
-    batches = torch.Generator().manual_seed(cfg["seed"] + 1)  # which blocks each step sees
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.dim() < 2]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": WEIGHT_DECAY},
-                                   {"params": no_decay, "weight_decay": 0.0}], lr=judge_cfg["lr"], betas=BETAS)
+    batches = torch.Generator().manual_seed(cfg["seed"] + 1)
+    optimizer = runtime.adamw(model, judge_cfg["lr"], BETAS, weight_decay=WEIGHT_DECAY, decay_vectors=False)
     ppl_init, _ = heldout_perplexity(model, validation, judge_cfg["batch_size"], judge_cfg["eval_batches"],
                                      special["pad"], device)
     log.info("judge: %d params, %d train / %d validation blocks of %d, held-out ppl at init %.1f (vocab %d)",
              sum(p.numel() for p in model.parameters()), len(train), len(validation), judge_cfg["seq_len"], ppl_init,
              len(tokenizer))
 
-    progress = io.Progress(total=judge_cfg["steps"], every=judge_cfg["log_every"], desc="judge", unit="step")
-    wandb_run = runtime.start_wandb(cfg, out_dir, "judge")
-    model.train()
-    t0 = time.perf_counter()
-    loss_curve = []  # (step, training loss) every log_every steps: the dynamics figure draws it
-    for step in range(judge_cfg["steps"]):
-        lr = learning_rate(step, judge_cfg["lr"], judge_cfg["warmup_steps"], judge_cfg["steps"])
+    def loss_at(step: int) -> torch.Tensor:
         rows = torch.randint(len(train), (judge_cfg["batch_size"],), generator=batches).numpy()
-        x = torch.from_numpy(np.asarray(train[rows]).astype(np.int64)).to(device)
-        loss = lm_step(model, optimizer, x, lr, 1.0)
-        progress.update(step + 1, loss=loss.item(), lr=lr)
-        if (step + 1) % judge_cfg["log_every"] == 0 or step + 1 == judge_cfg["steps"]:
-            loss_curve.append((step + 1, loss.item()))
-        if wandb_run and (step + 1) % judge_cfg["log_every"] == 0:
-            wandb_run.log({"judge/loss": loss.item(), "judge/lr": lr}, step=step + 1)
-    seconds = time.perf_counter() - t0
+        x = runtime.to_tensor(train[rows], device)
+        return model(input_ids=x, labels=x).loss
+
+    steps = judge_cfg["steps"]
+    recipe = runtime.Recipe(
+        steps=steps, lr=lambda step: runtime.cosine_lr(step, judge_cfg["lr"], judge_cfg["warmup_steps"], steps,
+                                                       MIN_LR_FRACTION),
+        grad_clip=1.0, log_every=judge_cfg["log_every"], checkpoint_every=judge_cfg["checkpoint_every"],
+        tokens_per_step=judge_cfg["batch_size"] * judge_cfg["seq_len"], curve="last")
+    # judge.steps shapes the path (the cosine spans the run): a run of other length starts over
+    identity = runtime.identity(config={"seed": cfg["seed"], "judge": runtime.without(
+        judge_cfg, "log_every", "eval_batches", "checkpoint_every")}, train_blocks=len(train))
+    wandb_run = runtime.start_wandb(cfg, out_dir, "judge")
+    trained = runtime.train(model, optimizer, loss_at, recipe, out_dir, identity, info, wandb_run=wandb_run,
+                            generators={"batches": batches, "torch": runtime.global_generator(device)}, desc="judge",
+                            logger=log, max_steps=max_steps)
+    if not trained.finished:
+        return None
 
     ppl, tokens = heldout_perplexity(model, validation, judge_cfg["batch_size"], judge_cfg["eval_batches"],
                                      special["pad"], device)
     log.info("judge: held-out perplexity %.2f over %d tokens (init %.1f)", ppl, tokens, ppl_init)
-    model.cpu()
-    with io.atomic_dir(out_dir / "model") as tmp:
-        model.save_pretrained(str(tmp))  # safetensors (the only format transformers 5 writes)
-        tokenizer.save_pretrained(str(tmp))
-    info = {
+    save_lm(out_dir, model, tokenizer)
+    loss_curve = trained.history["loss_curve"]
+    result = {
         "path": "model", "tokenizer": "model", "trained": True,  # relative to the judge directory
-        "heldout_ppl": ppl, "heldout_tokens": tokens, "heldout_ppl_init": ppl_init, "steps": judge_cfg["steps"],
+        "heldout_ppl": ppl, "heldout_tokens": tokens, "heldout_ppl_init": ppl_init, "steps": steps,
         "seq_len": judge_cfg["seq_len"], "train_blocks": len(train), "validation_blocks": len(validation),
-        "final_train_loss": loss.item(), "train_seconds": seconds, "vocab": len(tokenizer),
-        "params": sum(p.numel() for p in model.parameters()), "loss_curve": loss_curve,
+        "final_train_loss": loss_curve[-1][1], "train_seconds": trained.history["wall_clock_s"],
+        "vocab": len(tokenizer), "params": sum(p.numel() for p in model.parameters()), "loss_curve": loss_curve,
+        "resumed_from_step": trained.resumed_from_step,
     }
-    io.write_metrics(out_dir / "judge.json", info, cfg)
+    io.write_metrics(out_dir / "judge.json", result, cfg)
     if wandb_run:
-        wandb_run.log({"judge/heldout_ppl": ppl}, step=judge_cfg["steps"])
+        wandb_run.log({"judge/heldout_ppl": ppl}, step=steps)
         wandb_run.finish()
-    return info
+    return result
 
 
 def prepare_pretrained_judge(cfg: dict, corpus_dir: str | Path, out_dir: str | Path) -> dict:
     """A pretrained judge (hub name or local directory): measure its held-out perplexity, write judge.json."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     judge_cfg = cfg["judge"]
-    name = judge_cfg["pretrained"]
-    local = Path(name).expanduser()
-    path = str(local.resolve()) if local.is_dir() else name  # absolute, so the pointer survives a change of cwd
     device = io.default_device()
-    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=local.is_dir())
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, local_files_only=local.is_dir())
-    model.to(device).eval()
-    context = getattr(model.config, "n_positions", None) or model.config.max_position_embeddings
+    pointer, model, tokenizer, context = pretrained_lm(judge_cfg["pretrained"], device)
     seq_len = min(judge_cfg["seq_len"], context)
     validation = judge_blocks(tokenizer, data.read_split(corpus_dir, "validation"), seq_len,
                               cfg.get("data", {}).get("num_proc", 1))
     ppl, tokens = heldout_perplexity(model, validation, judge_cfg["batch_size"], judge_cfg["eval_batches"], None,
                                      device)
-    log.info("judge %s: held-out perplexity %.2f over %d tokens", name, ppl, tokens)
-    info = {"path": path, "tokenizer": path, "trained": False, "heldout_ppl": ppl, "heldout_tokens": tokens,
-            "seq_len": seq_len, "vocab": len(tokenizer)}
-    io.write_metrics(Path(out_dir) / "judge.json", info, cfg)
-    return info
+    log.info("judge %s: held-out perplexity %.2f over %d tokens", judge_cfg["pretrained"], ppl, tokens)
+    result = {**pointer, "heldout_ppl": ppl, "heldout_tokens": tokens, "seq_len": seq_len, "vocab": len(tokenizer)}
+    io.write_metrics(Path(out_dir) / "judge.json", result, cfg)
+    return result
 
 
 def _args(p: argparse.ArgumentParser) -> None:
     config.add_arguments(p)
     p.add_argument("--corpus-dir", required=True, help="output of `didi corpus`")
     p.add_argument("--tokenizer", required=True, help="tokenizer directory (used when the judge is trained here)")
-    p.add_argument("--out-dir", required=True, help="writes judge.json (+ model/ when trained)")
+    p.add_argument("--out-dir", required=True, help="writes judge.json (+ model/ and checkpoints/ when trained)")
 
 
 def _run(args: argparse.Namespace) -> None:
@@ -229,7 +229,7 @@ def _run(args: argparse.Namespace) -> None:
     cfg = config.from_args(args)
     data.quiet_datasets()
     hf_logging.disable_progress_bar()  # log files get Progress lines, not tqdm bars
-    if cfg["judge"].get("kind", "lm") == "exact":  # the synthetic chain judges itself: nothing to train
+    if config.is_exact_judge(cfg["judge"]):  # the synthetic chain judges itself: nothing to train
         from didi import synthetic
 
         info = synthetic.exact_judge_info(cfg)

@@ -163,6 +163,18 @@ def corrupt_both(x_fake, real, tau, schedule, mask_id: int, method: dict, clip, 
     return z_fake, z_real, tau_real
 
 
+def reward_corruptions(x, z_fake, tau, times: str, count: int, clip, schedule, mask_id: int, generator,
+                       group_size: int) -> tuple[list, torch.Tensor | list]:
+    """The corruptions of the student samples x [rows, L] that the reward reads, and their noise levels (`rewards`'
+    z_fakes and tau). times "rollout": z_fake (x corrupted at the rollout's tau for the discriminator) and count - 1
+    further corruptions at tau; "stratified": count fresh corruptions, one in each stratum of clip
+    (stratified_taus)."""
+    if times == "stratified":
+        taus = stratified_taus(x.shape[0], count, clip, generator, x.device, group_size)
+        return [corrupt_rows(x, t, schedule, mask_id, generator) for t in taus], taus
+    return [z_fake] + [corrupt_rows(x, tau, schedule, mask_id, generator) for _ in range(count - 1)], tau
+
+
 def smoothed_bce(logits_real, mask_real, logits_fake, mask_fake, smoothing: float, counts=None) -> torch.Tensor:
     """Balanced BCE on masked positions: real targets 1 - s, student targets s; each side averaged on its own.
     counts: (real, fake) divisors in place of this batch's masked counts (DDP: the global counts / world size),
@@ -277,6 +289,13 @@ def shuffled(advantage: torch.Tensor, generator) -> torch.Tensor:
     about the sample it is paired with; what the student does then is drift, not learning."""
     first = generator if isinstance(generator, torch.Generator) else generator[0]
     return advantage[torch.randperm(advantage.shape[0], generator=first, device=first.device)]
+
+
+def advantages(rewards: torch.Tensor, group_size: int, clip: float, method: dict, generator,
+               reduce_sum: Callable = lambda x: x) -> torch.Tensor:
+    """grouped_advantages with method["advantage_scale"], then `shuffled` when method["shuffle_advantages"]."""
+    advantage = grouped_advantages(rewards, group_size, clip, method["advantage_scale"], reduce_sum)
+    return shuffled(advantage, generator) if method["shuffle_advantages"] else advantage
 
 
 def time_weight(schedule, tau, pi, method: dict, omega_clip) -> torch.Tensor:

@@ -1,22 +1,31 @@
-"""The training runtime shared by the teacher (train.py), the judge (judge.py) and distillation (distill.py).
+"""The training runtime shared by the teacher (train.py), the AR baseline (baseline.py), the judge (judge.py) and
+distillation (distill.py).
 
 - `seed` / `generator`: the one seed stream. A draw's seed is a stable function of integers (config seed, stream,
   step, ...), so a resumed or multi-process run draws exactly what an uninterrupted one-process run draws.
-- `warmup_lr`: linear warm-up to the base learning rate, then constant (or linear decay over the run).
+  `BlockSampler`: the blocks of global batch `step`, a function of (seed, step).
+- `adamw`, `warmup_lr` (linear warm-up, then constant or linear decay), `cosine_lr` (the judge's).
 - `ema_update`: the float32 EMA of a model's parameters (with or without MDLM's decay warm-up).
 - `save_checkpoint` / `resume`: checkpoint directories `root/step_NNNNNNNNN/` and the identity a checkpoint must
   share with the run to be resumed: the caller's trajectory-shaping parts plus the version of the code.
+- `Recipe`, `train_step`, `train`: THE training loop of the teacher, the AR baseline and the judge (resume, steps,
+  EMA, loss logging, evaluation, checkpoints); each of them brings only its model, optimiser and loss.
 - `start_process`, `check_replicas_identical`: DDP start-up and the end-of-run check that all ranks agree.
 - `start_wandb`: the wandb run, when the config asks for one.
 """
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import functools
 import hashlib
 import logging
+import math
 import shutil
+import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -37,7 +46,60 @@ def generator(*parts: int, device: torch.device | str = "cpu") -> torch.Generato
     return torch.Generator(device=device).manual_seed(seed(*parts))
 
 
+def global_generator(device: torch.device) -> torch.Generator:
+    """torch's default generator on `device`: what dropout draws from unless the trainer reseeds it every step."""
+    if device.type == "cuda":
+        torch.cuda.init()  # default_generators is filled on CUDA's (lazy) initialisation
+        return torch.cuda.default_generators[device.index if device.index is not None else torch.cuda.current_device()]
+    return torch.default_generator
+
+
+# Streams of seeds of the teacher and the AR baseline (seed(run seed, STREAM, ...)): each kind of draw has its own,
+# so adding one never shifts another. Distillation has its own (distill.py).
+INIT, DATA_ORDER, NOISE, DROPOUT, EVAL_NOISE = 0, 1, 2, 3, 4
+
+
+class BlockSampler:
+    """Global batch `step` = the next `batch_size` entries of an endless sequence of epochs, each a seeded random
+    permutation of all blocks. A pure function of (seed, step): resumed and multi-process runs see the same data."""
+
+    def __init__(self, n_blocks: int, batch_size: int, seed: int):
+        self.n_blocks, self.batch_size, self.seed = n_blocks, batch_size, seed
+        self._perms: dict[int, torch.Tensor] = {}
+
+    def permutation(self, epoch: int) -> torch.Tensor:
+        if epoch not in self._perms:
+            self._perms = {k: v for k, v in self._perms.items() if k >= epoch - 1}  # keep memory bounded
+            self._perms[epoch] = torch.randperm(self.n_blocks, generator=generator(self.seed, DATA_ORDER, epoch))
+        return self._perms[epoch]
+
+    def indices(self, step: int) -> np.ndarray:
+        out, position = [], step * self.batch_size
+        while len(out) < self.batch_size:
+            epoch, offset = divmod(position, self.n_blocks)
+            take = self.permutation(epoch)[offset: offset + self.batch_size - len(out)]
+            out.extend(take.tolist())
+            position += len(take)
+        return np.asarray(out)
+
+
+def to_tensor(blocks: np.ndarray, device: torch.device) -> torch.Tensor:
+    """Token blocks (uint16/uint32 numpy) as a long tensor on `device`."""
+    return torch.from_numpy(np.asarray(blocks).astype(np.int64)).to(device, non_blocking=True)
+
+
 # ---------------------------------------------------------------------------------------------- optimisation
+def adamw(model: nn.Module, lr: float, betas, eps: float = 1e-8, weight_decay: float = 0.0,
+          decay_vectors: bool = True) -> torch.optim.AdamW:
+    """AdamW over the model's parameters. decay_vectors=False exempts biases and norm gains (parameters of dimension
+    < 2) from the weight decay, as nanoGPT does (the judge)."""
+    params = model.parameters()
+    if not decay_vectors:
+        params = [{"params": [p for p in model.parameters() if p.dim() >= 2], "weight_decay": weight_decay},
+                  {"params": [p for p in model.parameters() if p.dim() < 2], "weight_decay": 0.0}]
+    return torch.optim.AdamW(params, lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay)
+
+
 def warmup_lr(step: int, lr: float, warmup_steps: int, decay_steps: int | None = None) -> float:
     """Linear warm-up to `lr` over `warmup_steps` steps (step 0 gets lr / warmup_steps), then constant; or, with
     `decay_steps` (the run's total steps), linear decay from `lr` after the warm-up towards 0 at step decay_steps
@@ -46,6 +108,14 @@ def warmup_lr(step: int, lr: float, warmup_steps: int, decay_steps: int | None =
         return lr * min(1.0, (step + 1) / max(1, warmup_steps))
     progress = (step - warmup_steps) / max(1, decay_steps - warmup_steps)
     return max(lr * (1.0 - progress), 1e-8)
+
+
+def cosine_lr(step: int, peak: float, warmup: int, total: int, min_fraction: float) -> float:
+    """Linear warm-up to `peak` over `warmup` steps, then cosine decay to min_fraction * peak at step `total`."""
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return peak * (min_fraction + (1 - min_fraction) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
 
 
 @torch.no_grad()
@@ -75,6 +145,17 @@ def code_version() -> str:
 def identity(**parts) -> dict[str, str]:
     """What a checkpoint must share with the current run to be resumed: a hash of each named part, plus the code."""
     return {**{name: io.config_hash(value) for name, value in parts.items()}, "code": code_version()}
+
+
+# Keys of a training section that do not shape the optimisation path: the run's length (so a finished run can be
+# extended; not where the schedule spans the run, the judge's cosine) and the cadence of logs, evaluations and
+# checkpoints.
+CADENCE = ("steps", "finetune_steps", "log_every", "eval_every", "eval_batches", "checkpoint_every", "compile")
+
+
+def without(section: dict, *keys: str) -> dict:
+    """A config section less `keys` (an identity's part: what shapes the run)."""
+    return {k: v for k, v in section.items() if k not in keys}
 
 
 def checkpoint_dirs(root: Path) -> list[Path]:
@@ -123,6 +204,127 @@ def resume(root: Path, ident: dict, modules: dict[str, nn.Module], device, info:
         shutil.rmtree(root)
     distributed.barrier()
     return None
+
+
+# ---------------------------------------------------------------------------------------------- the loop
+@dataclasses.dataclass
+class Recipe:
+    """How a run optimises and when it logs, evaluates and checkpoints: what `train` reads of a trainer's config."""
+    steps: int                          # the run's length (a resumed run goes on to it)
+    lr: Callable[[int], float]          # the learning rate of step i (warmup_lr, cosine_lr)
+    grad_clip: float                    # clip the gradient norm to this; 0: no clipping
+    log_every: int
+    checkpoint_every: int
+    tokens_per_step: int                # for the tokens/s of log lines and metrics
+    ema: float | None = None            # decay of an EMA of the weights, with MDLM's warm-up; None: no EMA
+    eval_every: int | None = None       # how often `train(evaluate=...)` is called
+    # the logged loss: "mean" over the steps since the last log line, summed in curve_dtype on the device (no sync
+    # per step), or "last", the logged step's own (nanoGPT's)
+    curve: str = "mean"
+    curve_dtype: torch.dtype = torch.float32
+
+
+@dataclasses.dataclass
+class Trained:
+    """What `train` returns: where the run stands and what it recorded."""
+    step: int
+    finished: bool                      # step == recipe.steps: the caller writes its final outputs
+    ema: nn.Module | None
+    history: dict                       # loss_curve, eval_curve [(step, value)], wall_clock_s (all sessions)
+    resumed_from_step: int | None
+    steps_this_run: int
+    tokens_per_s: float | None          # this session's
+
+
+def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, loss_at: Callable[[int], torch.Tensor], step: int,
+               recipe: Recipe, ema: nn.Module | None = None) -> tuple[torch.Tensor, float]:
+    """One optimiser step: the recipe's learning rate, the trainer's loss_at(step), backward, clipping, the update and
+    the EMA. Returns (the detached loss, the learning rate). loss_at may run `model` wrapped (DDP, compile)."""
+    lr = recipe.lr(step)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    loss = loss_at(step)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()  # DDP averages the gradients over ranks here
+    if recipe.grad_clip > 0:
+        nn.utils.clip_grad_norm_(model.parameters(), recipe.grad_clip)
+    optimizer.step()
+    if ema is not None:
+        ema_update(ema, model, recipe.ema, step, warmup=True)
+    return loss.detach(), lr
+
+
+def train(model: nn.Module, optimizer: torch.optim.Optimizer, loss_at: Callable[[int], torch.Tensor],
+          recipe: Recipe, out_dir: str | Path, ident: dict, info: distributed.DistInfo, *,
+          evaluate: Callable[[int, nn.Module], float] | None = None,
+          generators: dict[str, torch.Generator] | None = None, wandb_run=None, desc: str = "train",
+          logger: logging.Logger = log, max_steps: int | None = None) -> Trained:
+    """The training loop of the teacher, the AR baseline and the judge; loss_at(step) is the trainer's part (its
+    batch, noise and dropout draws, its model call and loss).
+
+    Resumes from the newest checkpoint under out_dir/checkpoints that has identity `ident` (`resume`), then takes
+    `train_step`s up to recipe.steps. Every log_every steps it logs the loss (the loss curve); every eval_every steps
+    rank 0 records evaluate(step, the EMA or else the model) (the eval curve); every checkpoint_every steps before
+    the end rank 0 writes a checkpoint: the weights (model, EMA), the optimiser, the history and the states of
+    `generators`, those the trainer draws from without reseeding per step, so a resumed run draws what an
+    uninterrupted one would. `max_steps` stops after that many steps unfinished, as a kill would. A resumed run
+    logs the uninterrupted run's curve when checkpoint_every is a multiple of log_every (a logged mean does not span
+    a resume: the steps before it are not in the checkpoint)."""
+    device = next(model.parameters()).device
+    ckpt_root = Path(out_dir) / "checkpoints"
+    generators = generators or {}
+    ema = copy.deepcopy(model).float().requires_grad_(False) if recipe.ema is not None else None
+    modules = {"model": model, **({"ema": ema} if ema is not None else {})}
+
+    step, history = 0, {"loss_curve": [], "eval_curve": [], "wall_clock_s": 0.0}
+    resumed = resume(ckpt_root, ident, modules, device, info, max_step=recipe.steps)
+    if resumed is not None:
+        optimizer.load_state_dict(resumed["optimizer"])
+        step, history = int(resumed["step"]), resumed["history"]
+        for name, gen in generators.items():
+            gen.set_state(resumed["generators"][name].cpu())
+
+    stop = recipe.steps if max_steps is None else min(recipe.steps, max_steps)
+    progress = io.Progress(total=recipe.steps, every=recipe.log_every, desc=desc, unit="step", start=step,
+                           logger=logger, enabled=info.is_main)
+    start_step, t_start = step, time.perf_counter()
+    window, window_steps = torch.zeros((), dtype=recipe.curve_dtype, device=device), 0
+    model.train()
+    while step < stop:
+        loss, lr = train_step(model, optimizer, loss_at, step, recipe, ema)
+        step += 1
+        window += loss.to(window.dtype)
+        window_steps += 1
+
+        if step % recipe.log_every == 0 or step == recipe.steps:
+            logged = float(distributed.all_reduce_mean(loss if recipe.curve == "last" else window / window_steps))
+            window.zero_()
+            window_steps = 0
+            history["loss_curve"].append((step, logged))
+            progress.update(step, force=True, loss=logged, lr=lr,
+                            tok_s=f"{progress.rate(step) * recipe.tokens_per_step:.4g}")
+            if wandb_run:
+                wandb_run.log({"train/loss": logged, "train/lr": lr}, step=step)
+        if evaluate is not None and (step % recipe.eval_every == 0 or step == recipe.steps):
+            if info.is_main:
+                history["eval_curve"].append((step, evaluate(step, ema if ema is not None else model)))
+            distributed.barrier()
+        if step % recipe.checkpoint_every == 0 and step < recipe.steps:
+            if info.is_main:
+                seconds = history["wall_clock_s"] + time.perf_counter() - t_start
+                state = {"optimizer": optimizer.state_dict(), "history": {**history, "wall_clock_s": seconds},
+                         "generators": {name: gen.get_state() for name, gen in generators.items()}}
+                save_checkpoint(ckpt_root, step, modules, state, ident)
+            distributed.barrier()
+
+    seconds = time.perf_counter() - t_start
+    if info.enabled:
+        check_replicas_identical([model], info)
+    steps_this_run = step - start_step
+    history["wall_clock_s"] += seconds
+    return Trained(step=step, finished=step >= recipe.steps, ema=ema, history=history,
+                   resumed_from_step=start_step if resumed is not None else None, steps_this_run=steps_this_run,
+                   tokens_per_s=steps_this_run * recipe.tokens_per_step / seconds if steps_this_run else None)
 
 
 # ---------------------------------------------------------------------------------------------- processes

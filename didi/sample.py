@@ -36,11 +36,6 @@ def file_seed(seed: int, out_stem: str | Path) -> int:
     return int.from_bytes(digest[:8], "little") >> 1
 
 
-def save_npy(path: Path, array: np.ndarray) -> None:
-    with io.atomic_path(path) as tmp, open(tmp, "wb") as f:  # a file object: np.save would append .npy to a name
-        np.save(f, array)
-
-
 def use_cache(diffusion_cfg: dict, model) -> bool:
     """The sampler's cache reuses the last output when no token changed: valid only if the output ignores time."""
     return diffusion_cfg["cache"] and not model.config.time_conditioning
@@ -56,7 +51,7 @@ def run_record(num_samples: int, batch_size: int, seq_len: int, network_calls: i
 
 def write_samples(out_stem: Path, ids: np.ndarray, texts: list[str], meta: dict, cfg: dict) -> None:
     """<out_stem>.npy (token ids [N, L]), .jsonl ({"text": ...} per sample), .json (meta + provenance)."""
-    save_npy(Path(f"{out_stem}.npy"), ids)
+    io.save_npy(Path(f"{out_stem}.npy"), ids)
     io.write_text(Path(f"{out_stem}.jsonl"), "".join(json.dumps({"text": t}) + "\n" for t in texts))
     io.write_metrics(Path(f"{out_stem}.json"), meta, cfg)
 
@@ -67,7 +62,7 @@ def exact_denoiser(judge_json: str | Path, tokenizer):
     from didi import synthetic
 
     info = io.read_json(judge_json)
-    if info.get("kind") != "exact":
+    if not config.is_exact_judge(info):
         raise ValueError(f"{judge_json}: not an exact judge (kind {info.get('kind')!r}); only the exact world has an "
                          f"exact denoiser")
     world = synthetic.MarkovWorld(synthetic.MarkovSpec(**info["spec"]))
@@ -91,7 +86,7 @@ def sample_to_files(cfg: dict, model_dir: str | Path, tokenizer_dir: str | Path,
     out_stem = Path(out_stem)
     device = io.default_device()
     tokenizer = data.load_pretrained_tokenizer(str(tokenizer_dir))
-    if Path(model_dir).name == "judge.json":  # the exact world's chain: its exact denoiser
+    if Path(model_dir).is_file():  # a judge.json, not a model directory: an exact judge's chain samples itself
         model, mask_id, seq_len = exact_denoiser(model_dir, tokenizer)
         cache, weights = cfg["diffusion"]["cache"], "exact"  # it ignores time
     else:

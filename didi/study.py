@@ -43,6 +43,7 @@ from didi.diffusion import LogLinearSchedule, sample
 from didi.distill import run_distillation
 from didi.distill_cli import load_positives
 from didi.model import load_dit, mask_id_of
+from didi.objective import within_group_correlation
 from didi.rgas import guidance, rgas_sample
 
 log = logging.getLogger("didi.study")
@@ -90,6 +91,22 @@ class World:
             out["mauve"] = evaluate.mauve_from_features(scored["features"][:n], self.reference_features[:n],
                                                         self.evaluation["mauve"], self.seed)["mauve"]
         return out
+
+
+@dataclasses.dataclass
+class LikelihoodReward:
+    """The study's reward hook (distill.RewardHook): the world's log-likelihood per token of each student sample,
+    x [rows, L] -> [rows] (World.reward). The reward's within-group correlation with it is logged
+    (reward_exact_corr); with method["reward_source"] "exact" (the oracle row) it is the reward itself."""
+    likelihood: Callable[[torch.Tensor], torch.Tensor]
+    method: dict
+    stats = ("reward_exact_corr",)
+
+    def __call__(self, x: torch.Tensor, reward: torch.Tensor, group_size: int) -> tuple[torch.Tensor, dict]:
+        exact = self.likelihood(x)
+        if self.method["reward_source"] == "exact":
+            reward = exact
+        return reward, {"reward_exact_corr": within_group_correlation(reward, exact, group_size).item()}
 
 
 @torch.no_grad()
@@ -198,7 +215,7 @@ def run_one(cfg: dict, results: Path, name: str, overrides: dict, seed: int, ks:
     positives = row_positives(results, method)
     start = time.perf_counter()
     state = run_distillation(world.teacher, positives, distill_cfg, method, LogLinearSchedule(cfg["diffusion"]["eps"]),
-                             world.mask_id, seed, progress=False, exact_reward=world.reward)
+                             world.mask_id, seed, progress=False, reward_hook=LikelihoodReward(world.reward, method))
     seconds = time.perf_counter() - start
     scores = {m: score_model(model, cfg, ks, n, world) for m, model in (("ema", state.student_ema),
                                                                         ("raw", state.student))}

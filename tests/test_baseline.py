@@ -15,7 +15,7 @@ from test_tables import FIXTURE, REFERENCE, eval_json
 from test_train import L, tiny_cfg, workspace  # noqa: F401 (workspace: the teacher tests' fixture)
 
 from conftest import REPO, run_snakemake
-from didi import baseline, bench, evaluate, judge, runtime, tables, train
+from didi import baseline, bench, evaluate, judge, runtime, tables
 
 SPECIAL = {"bos": 0, "eos": 1, "pad": 2}
 
@@ -113,14 +113,15 @@ def test_killed_run_resumes_to_the_same_weights(workspace, tmp_path):
     for k in wa:
         torch.testing.assert_close(wa[k], wb[k], atol=0.0, rtol=0.0, msg=k)
     assert a["loss_curve"] == b["loss_curve"] and a["heldout_ppl"] == b["heldout_ppl"]
+    assert a["resumed_from_step"] is None and b["resumed_from_step"] == 4
 
 
 def test_seeded_apart_from_teacher_and_judge(trained):
     cfg, info = trained
     # the judge seeds with `seed` (init) and `seed + 1` (batches); the teacher with runtime.seed(seed, stream)
     assert info["seed"] == runtime.seed(cfg["seed"], baseline.BASELINE_SEED_STREAM)
-    assert info["seed"] not in (cfg["seed"], cfg["seed"] + 1, runtime.seed(cfg["seed"], train.INIT),
-                                runtime.seed(cfg["seed"], train.DATA_ORDER))
+    assert info["seed"] not in (cfg["seed"], cfg["seed"] + 1, runtime.seed(cfg["seed"], runtime.INIT),
+                                runtime.seed(cfg["seed"], runtime.DATA_ORDER))
 
 
 # ---------------------------------------------------------------------------------------------- samples

@@ -102,6 +102,17 @@ def test_undefined_variant_in_run_is_named(tmp_path, repo):
         config.load([repo / "config.yaml", preset])
 
 
+def test_the_study_oracle_reward_is_rejected_for_didi_distill(tmp_path, repo):
+    """reward_source exact needs the study world's likelihood: in distill.method or a variant it is named."""
+    preset = write(tmp_path, "oracle.yaml", {"distill": {"method": {"reward_source": "exact"}}})
+    with pytest.raises(config.ConfigError, match=r"distill.method.reward_source: exact needs a world's likelihood"):
+        config.load([repo / "config.yaml", preset])
+    preset = write(tmp_path, "variant.yaml", {"distill": {"variants": {"full": {"reward_source": "exact"}}}})
+    with pytest.raises(config.ConfigError, match=r"distill.variants.full.reward_source: exact") as err:
+        config.load([repo / "config.yaml", preset])
+    assert "distill.method" not in str(err.value)
+
+
 def test_nfe_above_seq_len_is_named(tmp_path, repo):
     preset = write(tmp_path, "nfe.yaml", {"data": {"seq_len": 32}, "sampling": {"nfe": [8, 64], "temperature_nfe": 8},
                                           "distill": {"nfe": [8, 33], "teacher_pool_nfe": 32}})
@@ -231,3 +242,10 @@ def test_distill_seeds_default_to_the_config_seed():
     assert config.distill_seeds(cfg) == cfg["distill"]["seeds"]
     cfg["distill"]["seeds"] = None
     assert config.distill_seeds(cfg) == [cfg["seed"]]
+
+
+def test_the_judge_kind_is_decided_in_one_place():
+    """config.is_exact_judge reads the config's judge section and a judge.json alike."""
+    assert config.is_exact_judge({"kind": "exact"}) and not config.is_exact_judge({"kind": "lm"})
+    assert not config.is_exact_judge({"path": "model", "trained": True})  # a GPT-2 judge's judge.json has no kind
+    assert not config.is_exact_judge(config.load()["judge"])

@@ -255,5 +255,5 @@ def test_unigram_nats_and_entropy_exact():
     # add-one: p(1) = (1 + 1) / (3 + 3), p(0) = 3 / 6
     assert data.unigram_nats(train, np.array([[1]]), vocab=3) == pytest.approx(math.log(3))
     assert data.unigram_nats(train, np.array([[0, 1]]), vocab=3) == pytest.approx((math.log(2) + math.log(3)) / 2)
-    assert data.unigram_entropy(np.array([2, 2, 0])) == pytest.approx(math.log(2))
+    assert data.entropy_of_counts(np.array([2, 2, 0])) == pytest.approx(math.log(2))
     np.testing.assert_array_equal(data.unigram_counts(np.array([[0, 2], [2, 2]]), 4, chunk_rows=1), [1, 0, 3, 0])

@@ -795,10 +795,13 @@ def test_discriminator_warmup_holds_the_student_still_then_lets_it_move():
 
 
 def test_exact_reward_replaces_the_discriminator_and_its_correlation_is_logged():
-    """reward_source exact (the study's oracle) uses the given true log-likelihood; the within-group correlation of
-    the reward with it is logged either way; without an exact world the switch is an error."""
+    """reward_source exact (the study's oracle, study.LikelihoodReward as the reward hook) uses the given true
+    log-likelihood; the within-group correlation of the reward with it is logged either way (NaN in a discriminator
+    warm-up iteration); without a hook the switch is an error."""
+    from didi.study import LikelihoodReward
+
     tokens = np.random.default_rng(0).integers(0, 11, size=(32, 8))
-    cfg = tiny_cfg(iterations=2)
+    cfg = tiny_cfg(iterations=2, discriminator_warmup=1)
 
     def exact(x):  # a "true likelihood" that prefers small ids
         return -x.float().mean(dim=1)
@@ -806,11 +809,11 @@ def test_exact_reward_replaces_the_discriminator_and_its_correlation_is_logged()
     for source in ("discriminator", "exact"):
         method = {**config.variant_method(cfg, "full"), "reward_source": source}
         state = run_distillation(tiny_teacher(), tokens, cfg["distill"], method, SCHED, 11, seed=3, progress=False,
-                                 exact_reward=exact)
+                                 reward_hook=LikelihoodReward(exact, method))
         corr = state.history["reward_exact_corr"]
-        assert len(corr) == 2 and all(-1 <= c <= 1 for c in corr)
+        assert len(corr) == 3 and math.isnan(corr[0]) and all(-1 <= c <= 1 for c in corr[1:])
         if source == "exact":
-            assert corr == pytest.approx([1.0, 1.0])
+            assert corr[1:] == pytest.approx([1.0, 1.0])
     with pytest.raises(ValueError, match="needs a likelihood"):
         run_distillation(tiny_teacher(), tokens, cfg["distill"], {**method, "reward_source": "exact"}, SCHED, 11,
                          seed=3, progress=False)

@@ -17,6 +17,7 @@ from didi import config, evaluate, synthetic
 from didi.diffusion import LogLinearSchedule, mdlm_loss, sample
 from didi.distill import run_distillation
 from didi.model import DiT, DiTConfig
+from didi.study import LikelihoodReward
 
 V, L = 8, 12  # blocks [BOS] + 10 chain states + [EOS]; BOS = EOS = 8, PAD = 9, MASK = 10
 BOS, MASK = V, V + 2
@@ -68,7 +69,7 @@ def distil(teacher, **method_overrides):
         return torch.as_tensor(-scored["nll"] / scored["tokens"], dtype=torch.float32)
 
     state = run_distillation(teacher, blocks(4096, seed=2), distill_cfg, method, SCHED, MASK, seed=0, progress=False,
-                             exact_reward=exact_reward)
+                             reward_hook=LikelihoodReward(exact_reward, method))
     return state.student_ema
 
 

@@ -80,3 +80,20 @@ def test_write_json_compact_round_trips(tmp_path):
     io.write_json(tmp_path / "compact.json", obj, indent=None)
     assert io.read_json(tmp_path / "pretty.json") == io.read_json(tmp_path / "compact.json") == obj
     assert (tmp_path / "compact.json").read_text() == '{"a":{"x":null},"b":[1.5,2]}\n'
+
+
+def test_tied_weights_are_saved_as_copies_and_load_back(tmp_path):
+    """safetensors refuses tensors sharing memory (a GPT-2 judge's head is its embedding): the second is copied."""
+    import torch
+
+    shared = torch.arange(6.0).reshape(2, 3)
+    io.save_tensors(tmp_path / "w.safetensors", {"embed": shared, "head": shared, "bias": torch.ones(2)})
+    loaded = io.load_tensors(tmp_path / "w.safetensors")
+    assert torch.equal(loaded["embed"], shared) and torch.equal(loaded["head"], shared)
+    assert torch.equal(loaded["bias"], torch.ones(2))
+
+
+def test_read_json_names_a_file_that_is_not_json(tmp_path):
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(ValueError, match=r"bad.json: not valid JSON"):
+        io.read_json(tmp_path / "bad.json")

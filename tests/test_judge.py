@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
-from didi import cli, config, data, judge
+from didi import cli, config, data, judge, runtime
 
 SUBJECTS = ["the president", "the congress", "our nation", "the people", "the treasury"]
 VERBS = ["shall protect", "will support", "must defend", "has approved"]
@@ -88,6 +88,33 @@ def test_training_is_deterministic_given_the_seed(trained, tmp_path):
     assert a["heldout_ppl"] == b["heldout_ppl"] and a["final_train_loss"] == b["final_train_loss"]
 
 
+def test_killed_run_resumes_to_the_same_weights(corpus, tmp_path):
+    """The judge draws dropout and its batch rows statefully (torch's global generator, its own): the checkpoint keeps
+    both generators' states, so a run killed after a checkpoint ends bit-identical to the uninterrupted one."""
+    from safetensors.torch import load_file
+
+    root, cfg = corpus
+    cfg = config.deep_merge(cfg, {"judge": {"steps": 12, "checkpoint_every": 4, "log_every": 2}})
+    inputs = (root / "corpus", root / "tokenizer")
+    a = judge.train_judge(cfg, *inputs, tmp_path / "a")
+    assert judge.train_judge(cfg, *inputs, tmp_path / "b", max_steps=6) is None  # "killed" after the step-4 checkpoint
+    assert not (tmp_path / "b" / "judge.json").exists()
+    assert [p.name for p in (tmp_path / "b" / "checkpoints").iterdir()] == ["step_000000004"]
+    torch.manual_seed(99)  # whatever the global generator holds now, the checkpoint's state replaces it
+    b = judge.train_judge(cfg, *inputs, tmp_path / "b")
+    assert a["resumed_from_step"] is None and b["resumed_from_step"] == 4
+    wa, wb = (load_file(str(tmp_path / r / "model" / "model.safetensors")) for r in "ab")
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], atol=0.0, rtol=0.0, msg=k)
+    assert a["loss_curve"] == b["loss_curve"] and a["heldout_ppl"] == b["heldout_ppl"]
+    assert a["final_train_loss"] == a["loss_curve"][-1][1] and [s for s, _ in a["loss_curve"]] == list(range(2, 13, 2))
+
+    # judge.steps shapes the path (the cosine schedule spans the run): a longer run starts over
+    longer = judge.train_judge(config.deep_merge(cfg, {"judge": {"steps": 16}}), *inputs, tmp_path / "b")
+    assert longer["resumed_from_step"] is None
+
+
 def test_pretrained_branch_points_at_a_local_directory(corpus, tmp_path):
     root, cfg = corpus
     tokenizer = AutoTokenizer.from_pretrained(str(root / "tokenizer"))
@@ -127,8 +154,11 @@ def test_heldout_perplexity_exact_for_a_uniform_model():
 
 
 def test_learning_rate_schedule():
-    lrs = [judge.learning_rate(s, 1.0, warmup=4, total=20) for s in range(20)]
+    def lr(step):
+        return runtime.cosine_lr(step, 1.0, 4, 20, judge.MIN_LR_FRACTION)
+
+    lrs = [lr(s) for s in range(20)]
     assert lrs[:4] == pytest.approx([0.25, 0.5, 0.75, 1.0])
     assert all(a >= b for a, b in zip(lrs[3:], lrs[4:]))  # non-increasing after warm-up
-    assert judge.learning_rate(20, 1.0, 4, 20) == pytest.approx(judge.MIN_LR_FRACTION)
-    assert judge.learning_rate(12, 1.0, 4, 20) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi / 2)))
+    assert lr(20) == pytest.approx(judge.MIN_LR_FRACTION)
+    assert lr(12) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi / 2)))

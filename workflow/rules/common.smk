@@ -284,12 +284,14 @@ def rgas_params(wildcards):
 
 
 def bench_inputs(wildcards):
-    """The teacher, and the first RGAS variant's student and discriminator for the speed-up section."""
+    """The teacher, the first RGAS variant's student and discriminator for the speed-up section, and the judge for
+    the distillation-cost section."""
     inputs = {
         "tokens": f"{R}/tokens/train.npy",
         "tokenizer": f"{R}/tokenizer",
         "teacher": f"{R}/teacher/ema",
         "baseline": f"{R}/baseline/baseline.json",
+        "judge": f"{R}/judge/judge.json",
     }
     guided = config["distill"]["rgas"]["variants"]
     if guided:
@@ -297,3 +299,4 @@ def bench_inputs(wildcards):
         inputs["student"] = f"{run}/{student_dir()}"
         inputs["discriminator"] = f"{run}/discriminator"
     return inputs
+

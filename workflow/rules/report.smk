@@ -74,11 +74,14 @@ rule figures:
 
 
 rule bench:
-    """Throughput benchmarks (`snakemake bench`); not part of `all` because timings depend on the machine."""
+    """Throughput benchmarks and the distillation cost (DiDi-Instruct and SDTT distilled again, judged as they go:
+    `snakemake bench`); not part of `all` because timings depend on the machine."""
     input:
         unpack(bench_inputs),
     output:
-        f"{R}/bench/bench.json",
+        bench=f"{R}/bench/bench.json",
+        distill_cost=f"{R}/bench/distill_cost.json",
+        distill_cost_md=f"{R}/bench/distill_cost.md",
     log:
         f"{R}/logs/bench.log",
     benchmark:
@@ -88,14 +91,16 @@ rule bench:
     threads: config["resources"]["threads"]
     resources:
         mem_mb=config["resources"]["mem_mb"],
-        runtime=runtime("train"),
+        # distill_cost runs a DiDi-Instruct and an SDTT distillation, each about one training job
+        runtime=3 * runtime("train"),
         gpu=config["resources"]["gpu"],
     params:
         rerun_on=relevant("bench"),
         config_json=command_config("bench"),
         tokens=parent_of("tokens", "input"),
         baseline=parent_of("baseline", "input"),
-        out_dir=parent_of(0),
+        judge=parent_of("judge", "input"),
+        out_dir=parent_of("bench"),
         student=lambda wc, input: (
             f"--student {input.student} --discriminator {input.discriminator}"
             if "student" in input.keys()
@@ -105,7 +110,7 @@ rule bench:
         logged(
             "OMP_NUM_THREADS={threads} {DIDI} bench --config-json {params.config_json:q} --tokens {params.tokens}"
             " --tokenizer {input.tokenizer} --teacher {input.teacher} {params.student}"
-            " --baseline {params.baseline} --out-dir {params.out_dir}"
+            " --baseline {params.baseline} --judge {params.judge} --out-dir {params.out_dir}"
         )
 
 
