@@ -156,6 +156,12 @@ def is_exact_judge(judge: dict) -> bool:
     return judge.get("kind", "lm") == "exact"
 
 
+def scores_exact_denoiser(cfg: dict) -> bool:
+    """Is the chain's exact denoiser (synthetic.ExactDenoiser: the factorisation error alone) a reference model of
+    this config? With the exact judge on a first-order chain, the only one it is written for."""
+    return is_exact_judge(cfg["judge"]) and cfg["corpus"].get("synthetic", {}).get("order") == 1
+
+
 def is_local_path(value: str) -> bool:
     """Hub names look like `name` or `org/name`; local paths start with /, ./, ../ or ~, or exist."""
     return value.startswith(("/", "./", "../", "~")) or Path(value).exists()

@@ -204,8 +204,8 @@ def discriminator_loss(D, z_real, tau_real, z_fake, tau, schedule, mask_id: int,
     method["discriminator_level"] "token" (paper and code): every judged position's logit is a classification of
     its sequence. "sequence": one logit per sequence, the SUM of the per-token logits over the judged positions; at
     the BCE optimum (smoothing 0) it is the log density ratio of the whole noisy sequence, which is additive over
-    positions where the data is (a Markov chain's log-likelihood is a sum over neighbours). In the study it ranked
-    samples better but did not help the student (docs/distillation-study.md, "A sequence-level discriminator")."""
+    positions where the data is (a Markov chain's log-likelihood is a sum over neighbours); measured in
+    docs/distillation-study.md."""
     mask_real, mask_fake = judged_positions(z_real, mask_id, method), judged_positions(z_fake, mask_id, method)
     logits_real = D(z_real, schedule.sigma(tau_real))
     logits_fake = D(z_fake, schedule.sigma(tau))

@@ -51,12 +51,8 @@ log = logging.getLogger("didi.study")
 
 def positional_entropy(ids: np.ndarray) -> float:
     """Mean over positions of the entropy (nats) of the tokens that the samples hold at that position."""
-    out = []
-    for column in np.asarray(ids).T:
-        _, counts = np.unique(column, return_counts=True)
-        p = counts / counts.sum()
-        out.append(float(-(p * np.log(p)).sum()))
-    return float(np.mean(out))
+    return float(np.mean([data.entropy_of_counts(np.unique(column, return_counts=True)[1])
+                          for column in np.asarray(ids).T]))
 
 
 @dataclasses.dataclass
@@ -155,19 +151,18 @@ def row_config(cfg: dict, overrides: dict) -> tuple[dict, dict]:
 def reference_rows(cfg: dict) -> list[str]:
     """Rows scored without training: the teacher, and on a first-order exact world the chain's exact denoiser (it is
     written for first-order chains)."""
-    chain = cfg["corpus"]["source"] == synthetic.SOURCE and synthetic.spec_from_corpus(cfg["corpus"]).order == 1
-    return ["teacher", "exact_denoiser"] if chain else ["teacher"]
+    return ["teacher", "exact_denoiser"] if config.scores_exact_denoiser(cfg) else ["teacher"]
 
 
 def load_world(cfg: dict, results: Path) -> World:
-    """The World of a results directory: the exact world's chain (corpus.source synthetic:markov), else the
-    workflow's judge (results/judge), which scores the decoded samples as `didi evaluate` does."""
+    """The World of a results directory: the exact world's chain (judge.kind exact), else the workflow's judge
+    (results/judge), which scores the decoded samples as `didi evaluate` does."""
     teacher, _ = load_dit(results / "teacher" / "ema")
     tokenizer_dir = results / "tokenizer"
     tokenizer = data.load_pretrained_tokenizer(str(tokenizer_dir))
     mask_id = mask_id_of(teacher, tokenizer, results / "teacher" / "ema", tokenizer_dir)
     references = {"teacher": ("teacher", teacher)}
-    if cfg["corpus"]["source"] == synthetic.SOURCE:
+    if config.is_exact_judge(cfg["judge"]):
         chain = synthetic.MarkovWorld(synthetic.spec_from_corpus(cfg["corpus"]))
         floor = synthetic.invalid_log_prob(chain.spec)
         if "exact_denoiser" in reference_rows(cfg):  # state_tokenizer: EOS = V

@@ -11,6 +11,7 @@ from didi.config import (
     parse_student_model,
     step_sections,
     student_model,
+    scores_exact_denoiser,
     variant_method,
 )
 from didi.diffusion import PRECISIONS
@@ -175,10 +176,7 @@ def exact_denoiser_samples():
     """The exact world's own denoiser over the NFE sweep (judge.kind exact, first-order chains): the best any
     denoiser does in K steps, i.e. the factorisation error alone (didi.synthetic.ExactDenoiser).
     """
-    if (
-        config["judge"]["kind"] != "exact"
-        or config["corpus"]["synthetic"]["order"] != 1
-    ):
+    if not scores_exact_denoiser(config):
         return []
     precision = config["diffusion"]["sampling_precision"]
     return [
