@@ -38,7 +38,7 @@ lint: setup
 format: setup
 	snakefmt .
 
-bench: setup  ## throughput benchmarks into results/bench/
+bench: setup  ## throughput benchmarks and the distillation cost (~30 min on 2 cores) into results/bench/
 	snakemake --cores $(CORES) --rerun-incomplete bench $(SMK_ARGS)
 
 docs: setup  ## regenerate docs/configuration.md (from the schema + config.yaml) and docs/cli.md (from argparse)

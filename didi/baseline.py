@@ -56,11 +56,10 @@ def nfe(seq_len: int) -> int:
 
 
 def resume_identity(cfg: dict, n_train_blocks: int) -> dict:
-    """What a checkpoint must share with this run to be resumed (not teacher.steps, nor logging/eval cadence, nor the
-    teacher's init_from, which the baseline does not read)."""
-    return runtime.identity(config={
-        "seed": cfg["seed"], "stream": BASELINE_SEED_STREAM, "seq_len": cfg["data"]["seq_len"], "model": cfg["model"],
-        "teacher": runtime.without(cfg["teacher"], *runtime.CADENCE, "init_from")}, train_blocks=n_train_blocks)
+    """What a checkpoint must share with this run to be resumed: stages.STEPS["train_baseline"]'s keys (not
+    teacher.steps, nor logging/eval cadence, nor the teacher's DiT-only keys, which the baseline does not read), the
+    number of training blocks and the code the baseline's training runs."""
+    return runtime.step_identity("train_baseline", cfg, train_blocks=n_train_blocks)
 
 
 def check_vocab(model, blocks: np.ndarray, where: str) -> None:

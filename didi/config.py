@@ -15,6 +15,8 @@ from pathlib import Path
 import jsonschema
 import yaml
 
+from didi import stages
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SCHEMA_PATH = REPO_ROOT / "workflow" / "schemas" / "config.schema.yaml"
 DEFAULT_CONFIG = REPO_ROOT / "config.yaml"
@@ -207,108 +209,9 @@ def sections(cfg: dict, *names: str) -> dict:
     return {name: cfg[name] for name in names}
 
 
-# What each workflow step's command reads (`sections`), and the keys among them that do not change the step's
-# outputs: logging and checkpoint cadence, evaluation cadence that does not touch the weights (a separate noise
-# stream), experiment tracking, inference-only keys of a training step, and the sweep lists that name OTHER files.
-# The rules hand the command its whole sections but list only the rest as params (Snakemake's rerun trigger), so
-# editing one of these keys reruns nothing. A key not listed here counts as changing the outputs (the safe side).
-ALL = "*"
-STEPS: dict[str, tuple[tuple[str, ...], dict[str, tuple[str, ...] | str]]] = {
-    "corpus": (("seed", "corpus"), {}),
-    "tokenizer": (("seed", "tokenizer"), {}),
-    "tokenize": (("data",), {"data": ("num_proc",)}),
-    "train_teacher": (
-        ("seed", "data", "model", "diffusion", "teacher", "wandb"),
-        {"data": ("num_proc",), "diffusion": ("sampling_t_end", "sampling_precision", "cache"),
-         "teacher": ("log_every", "checkpoint_every", "eval_every"), "wandb": ALL},
-    ),
-    "train_judge": (("seed", "judge", "data"), {"judge": ("log_every", "checkpoint_every"), "data": ("num_proc",)}),
-    # one file per (sampler, precision, nfe, temperature): the sweep lists name other files; precision comes
-    # from the file name, RGAS's settings are added per file by the rule (distill.rgas, RGAS files only)
-    "sample": (
-        ("seed", "diffusion", "sampling", "distill"),
-        {"diffusion": ("t_min", "antithetic", "sampling_precision"),
-         "sampling": ("nfe", "precisions", "temperatures", "temperature_nfe", "num_samples"), "distill": ALL},
-    ),
-    "teacher_pool": (
-        ("seed", "diffusion", "sampling", "distill"),
-        {"diffusion": ("t_min", "antithetic", "sampling_precision"),
-         "sampling": ("nfe", "precisions", "temperatures", "temperature_nfe", "num_samples", "weights"),
-         "distill": ALL},
-    ),
-    # one run per variant: its own switches are added per run by the rule (variant_method)
-    "distill": (
-        ("seed", "diffusion", "distill", "wandb"),
-        {"diffusion": ("sampling_t_end", "sampling_precision", "cache"),  # the rollout has distill.rollout_precision
-         "distill": ("log_every", "checkpoint_every", "nfe", "seeds", "run", "rgas", "method", "variants",
-                     "teacher_pool_size", "teacher_pool_nfe", "student_weights"),
-         "wandb": ALL},
-    ),
-    # a released teacher used as is (teacher.finetune_steps: 0): the checks of the import read these
-    "import_teacher": (
-        ("seed", "data", "model", "teacher"),
-        {"data": ("num_proc",), "teacher": ("log_every", "checkpoint_every", "eval_every", "eval_batches")},
-    ),
-    # SDTT (didi/sdtt.py): one run, a student per round
-    "distill_sdtt": (
-        ("seed", "diffusion", "sdtt", "wandb"),
-        {"diffusion": ("sampling_precision", "cache"), "sdtt": ("log_every", "checkpoint_every", "student_weights"),
-         "wandb": ALL},
-    ),
-    # the AR baseline: the teacher's budget and recipe (not its cadence nor its DiT-only switches)
-    "train_baseline": (
-        ("seed", "data", "model", "teacher", "baseline"),
-        {"data": ("num_proc",), "teacher": ("log_every", "checkpoint_every", "eval_every", "bf16", "compile",
-                                            "init_from")},
-    ),
-    # one file per temperature (in its name); num_samples is a command-line argument
-    "sample_baseline": (
-        ("seed", "data", "sampling"),
-        {"data": ("num_proc", "wrap"), "sampling": ("nfe", "precisions", "temperatures", "temperature_nfe",
-                                                    "weights")},
-    ),
-    "reference": (("seed", "evaluation"), {}),
-    "evaluate": (("seed", "evaluation"), {}),
-    "table": (("seed",), {}),
-    "figures": (("seed",), {}),
-    "dynamics": (("seed",), {}),
-    "cost": (("seed",), {}),
-    # tokenizer: vocab_size for --synthetic-tokens; resources: gpu sets the per-GPU batch timed (bench.per_gpu_batch);
-    # sdtt, evaluation: the distill_cost section (didi/cost.py) distils with SDTT too and judges as evaluate does
-    "bench": (("seed", "tokenizer", "data", "model", "diffusion", "teacher", "sampling", "distill", "sdtt",
-               "evaluation", "resources"),
-              {"resources": ("sample_gpu", "threads", "mem_mb", "runtime")}),
-}
-
-
-# The synthetic corpus (didi/synthetic.py) draws sequences of data.seq_len - 2 states, and its tokenizer and exact
-# judge are built from corpus.synthetic: with that source these steps read one more section.
-SYNTHETIC_SECTIONS = {"corpus": ("data",), "tokenizer": ("corpus",), "train_judge": ("corpus",)}
-
-
-def step_names(cfg: dict, step: str) -> tuple[str, ...]:
-    names = STEPS[step][0]
-    if str(cfg.get("corpus", {}).get("source", "")).startswith("synthetic:"):
-        names += SYNTHETIC_SECTIONS.get(step, ())
-    return names
-
-
 def step_sections(cfg: dict, step: str) -> dict:
-    """Every config section `step`'s command reads (what the rule passes as --config-json)."""
-    return sections(cfg, *step_names(cfg, step))
-
-
-def outputs_relevant(cfg: dict, step: str) -> dict:
-    """The part of `step_sections` that changes the step's outputs (the rule's params: Snakemake's rerun trigger)."""
-    names, ignored = step_names(cfg, step), STEPS[step][1]
-    relevant = {}
-    for name in names:
-        skip = ignored.get(name, ())
-        if skip == ALL:
-            continue
-        value = cfg[name]
-        relevant[name] = {k: v for k, v in value.items() if k not in skip} if isinstance(value, dict) else value
-    return relevant
+    """Every config section `step`'s command reads (what the rule passes as --config-json; didi/stages.py's table)."""
+    return sections(cfg, *stages.step_names(cfg, step))
 
 
 def check_inputs(teacher_dir: str | Path, tokens_stats: str | Path, tokenizer_dir: str | Path) -> dict:
@@ -431,7 +334,7 @@ def distill_seeds(cfg: dict) -> list[int]:
     return list(cfg["distill"]["seeds"] or [cfg["seed"]])
 
 
-STUDENT_MODEL = re.compile(r"student-(?P<variant>[A-Za-z0-9_]+)-seed(?P<seed>\d+)")
+STUDENT_MODEL = re.compile(r"student-(?P<variant>[A-Za-z0-9_]+)(?:-seed(?P<seed>\d+))?")
 
 
 def student_model(variant: str, seed: int) -> str:
@@ -439,10 +342,19 @@ def student_model(variant: str, seed: int) -> str:
     return f"student-{variant}-seed{seed}"
 
 
-def parse_student_model(model: str) -> tuple[str, int] | None:
-    """(variant, distillation seed) of a student's model name; None for any other model."""
+def parse_student_model(model: str, seeded: bool = True) -> tuple[str, int | None] | None:
+    """(variant, distillation seed) of a distilled student's model name, student-<variant>-seed<seed>; None for any
+    other model. seeded=False also reads student-<variant>, a student of a run without seeds (SDTT's,
+    student-sdtt; a pooled row of the results table), as (variant, None)."""
     match = STUDENT_MODEL.fullmatch(model)
-    return (match["variant"], int(match["seed"])) if match else None
+    if match is None or (seeded and match["seed"] is None):
+        return None
+    return match["variant"], int(match["seed"]) if match["seed"] else None
+
+
+# a distillation's two students, each in a directory of its own: the EMA's and the raw weights' (distill.student_weights
+# and sdtt.student_weights say which one the sampling rules read)
+STUDENT_DIRS = {"ema": "student", "raw": "student_raw"}
 
 
 def variant_method(cfg: dict, variant: str) -> dict:

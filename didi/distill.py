@@ -41,9 +41,6 @@ from didi.diffusion import LogLinearSchedule
 
 log = logging.getLogger("didi.distill")
 
-# keys of cfg["distill"] that do not change the trajectory: a checkpoint stays valid when only they change
-NON_TRAJECTORY_KEYS = ("iterations", "seeds", "log_every", "checkpoint_every", "nfe", "run", "variants", "rgas",
-                       "teacher_pool_size", "teacher_pool_nfe", "student_weights")
 # streams of seeds, runtime.seed(config seed, STREAM, ...): each kind of draw has its own
 SHARED_ROWS, GROUP_NOISE, DROPOUT, DISCRIMINATOR_INIT = 0, 1, 2, 3
 RUN_KEYS = ("seconds_this_run", "iterations_this_run", "resumed_from_iteration")  # not per-iteration curves
@@ -227,19 +224,22 @@ def distill_step(state: DistillState, positives: torch.Tensor, generator) -> dic
 
 
 # ---------------------------------------------------------------------------------------------- the loop
-def resume_identity(distill_cfg: dict, method: dict, seed: int, teacher: nn.Module, positives: np.ndarray) -> dict:
-    """What a checkpoint must agree with to be resumed: the config (not the iteration count: extending a run is a
-    resume), fingerprints of the teacher's weights and of the positives (a retrained teacher starts afresh), and
-    the code."""
-    keep = {k: v for k, v in distill_cfg.items() if k not in NON_TRAJECTORY_KEYS and k != "method"}
-    if distill_cfg["lr_schedule"] != "constant":  # the decay's length is part of every step's learning rate
-        keep["iterations"] = distill_cfg["iterations"]
+def resume_identity(distill_cfg: dict, method: dict, seed: int, schedule: LogLinearSchedule, teacher: nn.Module,
+                    positives: np.ndarray) -> dict:
+    """What a checkpoint must agree with to be resumed: the distill step's keys of distill_cfg and of the diffusion
+    section (stages.STEPS["distill"]: the schedule's eps) with what the rule adds per run (the variant's switches
+    `method`, the run's seed); not the iteration count (extending a run is a resume), unless the learning rate
+    decays over the run (lr_schedule linear_decay: its length is then part of every iteration's rate); fingerprints
+    of the teacher's weights and of the positives (a retrained teacher starts afresh); the code `didi distill`
+    runs."""
+    sections = {"seed": seed, "distill": distill_cfg, "diffusion": {"eps": schedule.eps}}
+    decay_length = distill_cfg["iterations"] if distill_cfg["lr_schedule"] != "constant" else None
     with torch.no_grad():
         teacher_sums = [round(float(p.double().sum()), 6) for p in teacher.parameters()]
     head = np.asarray(positives[:256]).astype(np.int64)
     positives_sums = [list(positives.shape), int(head.sum()), int((head[:, ::2] * 3).sum())]
-    return runtime.identity(config={"distill": keep, "method": method, "seed": seed}, teacher=teacher_sums,
-                            data=positives_sums)
+    return runtime.step_identity("distill", sections, method=method, decay_length=decay_length, teacher=teacher_sums,
+                                 data=positives_sums)
 
 
 def run_distillation(teacher: nn.Module, positives, distill_cfg: dict, method: dict, schedule: LogLinearSchedule,
@@ -258,7 +258,7 @@ def run_distillation(teacher: nn.Module, positives, distill_cfg: dict, method: d
     positives = positives.numpy() if isinstance(positives, torch.Tensor) else positives
     state = build_state(teacher, distill_cfg, method, schedule, mask_id, positives.shape[1], discriminator, dist,
                         seed, reward_hook)
-    identity = resume_identity(distill_cfg, method, seed, teacher, positives)
+    identity = resume_identity(distill_cfg, method, seed, schedule, teacher, positives)
     modules = {"student": state.student, "student_ema": state.student_ema, "discriminator": state.discriminator}
     resumed = None
     if checkpoint_dir is not None:

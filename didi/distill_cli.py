@@ -77,8 +77,8 @@ def run(args: argparse.Namespace) -> int:
     if info.is_main:
         extra = {"distill": {"variant": args.variant, "seed": seed, "method": method, "iterations": state.iteration,
                              "teacher": str(args.teacher)}}
-        save_dit(out / "student", state.student_ema, extra)
-        save_dit(out / "student_raw", state.student, extra)
+        save_dit(out / config.STUDENT_DIRS["ema"], state.student_ema, extra)
+        save_dit(out / config.STUDENT_DIRS["raw"], state.student, extra)
         save_discriminator(out / "discriminator", state.discriminator, extra)
         ran = state.history["iterations_this_run"][0]
         metrics = {

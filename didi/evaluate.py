@@ -363,16 +363,14 @@ def write_jsonl_texts(path: str | Path, texts: list[str]) -> None:
 
 def sample_fields(samples: Path, meta: dict) -> dict:
     """The identity of a sample file: its own meta (sampler, precision, nfe, temperature, ... as the sampler wrote
-    them), with model, variant and distillation seed from its directory (student-<variant>-seed<seed>)."""
+    them), with model, variant and distillation seed from its directory (student-<variant>-seed<seed>, or
+    student-<variant> for a run without seeds: SDTT's round students, the round by its NFE)."""
     model = samples.parent.name
     fields = {k: v for k, v in meta.items() if k != "provenance"}
     if "provenance" in meta:
         fields["sample_provenance"] = meta["provenance"]
-    student = config.parse_student_model(model)
     fields["model"] = model
-    fields["variant"], fields["distill_seed"] = student if student else ("", None)
-    if model == "student-sdtt":  # SDTT's round students: one run, the round by its NFE
-        fields["variant"] = "sdtt"
+    fields["variant"], fields["distill_seed"] = config.parse_student_model(model, seeded=False) or ("", None)
     return fields
 
 

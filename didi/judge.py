@@ -124,6 +124,13 @@ def save_lm(out_dir: Path, model, tokenizer) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- the judge
+def resume_identity(cfg: dict, n_train_blocks: int) -> dict:
+    """What a checkpoint must share with this run to be resumed: stages.STEPS["train_judge"]'s keys (judge.steps
+    among them: the cosine spans the run, so a run of other length starts over), the number of training blocks and
+    the code the judge's training runs."""
+    return runtime.step_identity("train_judge", cfg, train_blocks=n_train_blocks)
+
+
 def train_judge(cfg: dict, corpus_dir: str | Path, tokenizer_dir: str | Path, out_dir: str | Path,
                 max_steps: int | None = None) -> dict | None:
     """Train (or resume) the local GPT-2 judge (judge.pretrained null) and write <out_dir>/model + judge.json.
@@ -170,13 +177,10 @@ def train_judge(cfg: dict, corpus_dir: str | Path, tokenizer_dir: str | Path, ou
                                                        MIN_LR_FRACTION),
         grad_clip=1.0, log_every=judge_cfg["log_every"], checkpoint_every=judge_cfg["checkpoint_every"],
         tokens_per_step=judge_cfg["batch_size"] * judge_cfg["seq_len"], curve="last")
-    # judge.steps shapes the path (the cosine spans the run): a run of other length starts over
-    identity = runtime.identity(config={"seed": cfg["seed"], "judge": runtime.without(
-        judge_cfg, "log_every", "eval_batches", "checkpoint_every")}, train_blocks=len(train))
     wandb_run = runtime.start_wandb(cfg, out_dir, "judge")
-    trained = runtime.train(model, optimizer, loss_at, recipe, out_dir, identity, info, wandb_run=wandb_run,
-                            generators={"batches": batches, "torch": runtime.global_generator(device)}, desc="judge",
-                            logger=log, max_steps=max_steps)
+    generators = {"batches": batches, "torch": runtime.global_generator(device)}
+    trained = runtime.train(model, optimizer, loss_at, recipe, out_dir, resume_identity(cfg, len(train)), info,
+                            wandb_run=wandb_run, generators=generators, desc="judge", logger=log, max_steps=max_steps)
     if not trained.finished:
         return None
 

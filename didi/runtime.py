@@ -7,7 +7,9 @@ distillation (distill.py).
 - `adamw`, `warmup_lr` (linear warm-up, then constant or linear decay), `cosine_lr` (the judge's).
 - `ema_update`: the float32 EMA of a model's parameters (with or without MDLM's decay warm-up).
 - `save_checkpoint` / `resume`: checkpoint directories `root/step_NNNNNNNNN/` and the identity a checkpoint must
-  share with the run to be resumed: the caller's trajectory-shaping parts plus the version of the code.
+  share with the run to be resumed (`step_identity`): the step's config keys that shape its steps (didi/stages.py,
+  the table the workflow's rerun trigger comes from too), the caller's other parts, and the version of the code the
+  step runs (`code_version`: its module and every didi module it imports).
 - `Recipe`, `train_step`, `train`: THE training loop of the teacher, the AR baseline and the judge (resume, steps,
   EMA, loss logging, evaluation, checkpoints); each of them brings only its model, optimiser and loss.
 - `start_process`, `check_replicas_identical`: DDP start-up and the end-of-run check that all ranks agree.
@@ -16,9 +18,9 @@ distillation (distill.py).
 
 from __future__ import annotations
 
+import ast
 import copy
 import dataclasses
-import functools
 import hashlib
 import logging
 import math
@@ -31,7 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from didi import distributed, io
+from didi import distributed, io, stages
 
 log = logging.getLogger("didi.runtime")
 
@@ -133,29 +135,62 @@ def ema_update(ema_model: nn.Module, model: nn.Module, decay: float, step: int, 
 
 
 # ---------------------------------------------------------------------------------------------- checkpoints
-@functools.lru_cache(maxsize=1)
-def code_version() -> str:
-    """A hash of the didi package's source files: a checkpoint made by other code is not resumed."""
+PACKAGE = Path(__file__).resolve().parent
+
+
+def module_source(name: str) -> bytes:
+    """The source of didi/<name>.py: what a code identity hashes."""
+    return (PACKAGE / f"{name}.py").read_bytes()
+
+
+def didi_imports(source: str | bytes) -> set[str]:
+    """The didi modules a module's source imports, at the top or inside a function."""
+    names = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.ImportFrom) and node.module == "didi":
+            names |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("didi."):
+            names.add(node.module.split(".")[1])
+        elif isinstance(node, ast.Import):
+            names |= {alias.name.split(".")[1] for alias in node.names if alias.name.startswith("didi.")}
+    return names
+
+
+def code_modules(*entries: str) -> list[str]:
+    """`entries` and every didi module they import, directly or through others (no entries: every didi module)."""
+    if not entries:
+        return sorted(p.stem for p in PACKAGE.glob("*.py"))
+    seen, todo = set(), list(entries)
+    while todo:
+        name = todo.pop()
+        if name not in seen:
+            seen.add(name)  # `from didi import __version__` imports no module
+            todo += sorted(m for m in didi_imports(module_source(name)) if (PACKAGE / f"{m}.py").exists())
+    return sorted(seen)
+
+
+def code_version(*entries: str) -> str:
+    """A hash of the source of the modules `entries` run (code_modules): a checkpoint made by other code is not
+    resumed; an edit of a module they do not import leaves it valid."""
     h = hashlib.sha256()
-    for path in sorted(Path(__file__).parent.glob("*.py")):
-        h.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    for name in code_modules(*entries):
+        h.update(name.encode() + b"\0" + module_source(name) + b"\0")
     return h.hexdigest()[:16]
 
 
-def identity(**parts) -> dict[str, str]:
-    """What a checkpoint must share with the current run to be resumed: a hash of each named part, plus the code."""
-    return {**{name: io.config_hash(value) for name, value in parts.items()}, "code": code_version()}
+def identity(*entries: str, **parts) -> dict[str, str]:
+    """What a checkpoint must share with the current run to be resumed: a hash of each named part, plus the code of
+    the modules `entries` run (code_version; none: the whole package)."""
+    return {**{name: io.config_hash(value) for name, value in parts.items()}, "code": code_version(*entries)}
 
 
-# Keys of a training section that do not shape the optimisation path: the run's length (so a finished run can be
-# extended; not where the schedule spans the run, the judge's cosine) and the cadence of logs, evaluations and
-# checkpoints.
-CADENCE = ("steps", "finetune_steps", "log_every", "eval_every", "eval_batches", "checkpoint_every", "compile")
-
-
-def without(section: dict, *keys: str) -> dict:
-    """A config section less `keys` (an identity's part: what shapes the run)."""
-    return {k: v for k, v in section.items() if k not in keys}
+def step_identity(step: str, cfg: dict, **parts) -> dict[str, str]:
+    """The identity of a checkpoint of workflow step `step` (stages.STEPS): its keys of `cfg` that a resume must
+    keep (stages.resume_relevant), the named parts, and the code of the module the step runs and of all it imports."""
+    runs = stages.STEPS[step].runs
+    if runs is None:
+        raise ValueError(f"stages.STEPS[{step!r}] names no module it runs: not a step with checkpoints")
+    return identity(runs, config=stages.resume_relevant(cfg, step), **parts)
 
 
 def checkpoint_dirs(root: Path) -> list[Path]:

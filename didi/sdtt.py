@@ -46,9 +46,6 @@ log = logging.getLogger("didi.sdtt")
 
 DIVERGENCES = ("kl_bwd", "kl_fwd", "mse", "tvd", "l1_log")
 TIME_GRIDS = ("code", "fixed")
-# keys of cfg["sdtt"] that do not change the trajectory (a checkpoint stays valid when only they change; the
-# workflow does not rerun for them)
-NON_TRAJECTORY_KEYS = config.STEPS["distill_sdtt"][1]["sdtt"]
 # streams of seeds, runtime.seed(config seed, STREAM, ...): its own numbers, so no draw repeats another module's
 ROWS, TIME, ROW_NOISE, DROPOUT = 100, 101, 102, 103
 
@@ -302,16 +299,15 @@ def sdtt_step(state: SDTTState, x: torch.Tensor, t: torch.Tensor, generators) ->
 # ---------------------------------------------------------------------------------------------- the loop
 def resume_identity(sdtt_cfg: dict, rounds: list, diffusion: dict, seed: int, teacher: nn.Module,
                     tokens: np.ndarray) -> dict:
-    """What a checkpoint must agree with: the trajectory-shaping config, the rounds, fingerprints of the starting
-    teacher's weights and of the data, and the code."""
-    keep = {k: v for k, v in sdtt_cfg.items() if k not in NON_TRAJECTORY_KEYS}
+    """What a checkpoint must agree with: the keys of the SDTT step (stages.STEPS["distill_sdtt"]: the same keys
+    whose edit reruns it), the rounds, fingerprints of the starting teacher's weights and of the data, and the code
+    `didi distill-sdtt` runs."""
     with torch.no_grad():
         teacher_sums = [round(float(p.double().sum()), 6) for p in teacher.parameters()]
     head = np.asarray(tokens[:256]).astype(np.int64)
-    return runtime.identity(config={"sdtt": keep, "diffusion": diffusion, "seed": seed,
-                                    "rounds": [dataclasses.asdict(r) for r in rounds]},
-                            teacher=teacher_sums, data=[list(tokens.shape), int(head.sum()),
-                                                        int((head[:, ::2] * 3).sum())])
+    return runtime.step_identity("distill_sdtt", {"seed": seed, "sdtt": sdtt_cfg, "diffusion": diffusion},
+                                 rounds=[dataclasses.asdict(r) for r in rounds], teacher=teacher_sums,
+                                 data=[list(tokens.shape), int(head.sum()), int((head[:, ::2] * 3).sum())])
 
 
 def run_sdtt(teacher: nn.Module, tokens, sdtt_cfg: dict, rounds: list, schedule: LogLinearSchedule, mask_id: int,
@@ -398,7 +394,7 @@ def student_subdir(cfg: dict, nfe) -> str:
     nfes = [r.student_nfe for r in plan_of(cfg)]
     if int(nfe) not in nfes:
         raise ValueError(f"no SDTT round trains a student for {nfe} steps (rounds: {nfes})")
-    return f"nfe{int(nfe)}/" + ("student" if cfg["sdtt"]["student_weights"] == "ema" else "student_raw")
+    return f"nfe{int(nfe)}/{config.STUDENT_DIRS[cfg['sdtt']['student_weights']]}"
 
 
 # ---------------------------------------------------------------------------------------------- the command
@@ -431,7 +427,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def student_dirs(out_dir: str | Path, nfe: int) -> dict[str, Path]:
     """Where a round's students are published: out/nfe{K}/student (EMA) and out/nfe{K}/student_raw."""
     base = Path(out_dir) / f"nfe{nfe}"
-    return {"ema": base / "student", "raw": base / "student_raw"}
+    return {weights: base / name for weights, name in config.STUDENT_DIRS.items()}
 
 
 def run(args: argparse.Namespace) -> int:

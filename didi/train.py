@@ -122,11 +122,10 @@ def step_function(cfg: dict, model: torch.nn.Module, blocks: np.ndarray, mask_id
 
 
 def resume_identity(cfg: dict, n_train_blocks: int) -> dict:
-    """What a checkpoint must share with the current run to be resumed: everything that shapes the optimisation
-    path, and the code. Not teacher.steps (so a finished run can be extended) nor logging/eval/checkpoint cadence."""
-    return runtime.identity(config={
-        "seed": cfg["seed"], "seq_len": cfg["data"]["seq_len"], "model": cfg["model"], "diffusion": cfg["diffusion"],
-        "teacher": runtime.without(cfg["teacher"], *runtime.CADENCE)}, train_blocks=n_train_blocks)
+    """What a checkpoint must share with the current run to be resumed: the config keys that shape the optimisation
+    path (stages.STEPS["train_teacher"]: not teacher.steps, so a finished run can be extended, nor logging, eval or
+    checkpoint cadence), the number of training blocks, and the code the teacher's training runs."""
+    return runtime.step_identity("train_teacher", cfg, train_blocks=n_train_blocks)
 
 
 # ---------------------------------------------------------------------------------------------- the run

@@ -5,7 +5,7 @@ import json
 import pytest
 import yaml
 
-from didi import config
+from didi import config, stages
 
 
 def write(tmp_path, name, data):
@@ -158,7 +158,7 @@ def test_outputs_relevant_ignores_cadence_and_other_files_keys():
     }
     for step, edits in same.items():
         for section, changes in edits:
-            assert config.outputs_relevant(edited(cfg, section, **changes), step) == config.outputs_relevant(
+            assert stages.outputs_relevant(edited(cfg, section, **changes), step) == stages.outputs_relevant(
                 cfg, step), (step, section, changes)
     changed = {  # step -> edits that must change its params
         "train_teacher": [("teacher", {"lr": 1.0}), ("diffusion", {"eps": 0.01}), ("teacher", {"steps": 2})],
@@ -169,10 +169,10 @@ def test_outputs_relevant_ignores_cadence_and_other_files_keys():
     }
     for step, edits in changed.items():
         for section, changes in edits:
-            assert config.outputs_relevant(edited(cfg, section, **changes), step) != config.outputs_relevant(
+            assert stages.outputs_relevant(edited(cfg, section, **changes), step) != stages.outputs_relevant(
                 cfg, step), (step, section, changes)
-    for step, (names, _) in config.STEPS.items():
-        assert set(config.step_sections(cfg, step)) == set(names)
+    for step, table in stages.STEPS.items():
+        assert set(config.step_sections(cfg, step)) == set(table.reads)
 
 
 @pytest.fixture
@@ -225,6 +225,9 @@ def test_student_model_names_round_trip():
     assert student_model("teacher_pos", 12) == "student-teacher_pos-seed12"
     assert parse_student_model("student-teacher_pos-seed12") == ("teacher_pos", 12)
     assert parse_student_model("teacher") is None and parse_student_model("student-full") is None
+    assert parse_student_model("student-sdtt", seeded=False) == ("sdtt", None)  # a run without seeds
+    assert parse_student_model("student-full-seed3", seeded=False) == ("full", 3)
+    assert parse_student_model("teacher", seeded=False) is None and parse_student_model("gpt2", seeded=False) is None
 
 
 def test_a_judge_shorter_than_a_sample_is_rejected():

@@ -199,7 +199,7 @@ def test_a_segment_that_does_not_resume_is_an_error(tmp_path, monkeypatch):
     segments = cost.didi_segments(tiny_teacher(), tokens(), distill_cfg(), full_method(), SCHED, 11, 3, "cpu", 4, 2,
                                   tmp_path, progress=False)
     next(segments)
-    monkeypatch.setattr(runtime, "code_version", lambda: "edited")
+    monkeypatch.setattr(runtime, "code_version", lambda *modules: "edited")
     with pytest.raises(RuntimeError, match="not one run"):
         next(segments)
 

@@ -530,7 +530,7 @@ def test_a_resume_is_logged_and_a_checkpoint_of_other_code_is_not_resumed(tmp_pa
         assert go(3, tmp_path / "a").history["resumed_from_iteration"] == [2]
     assert "resumed from checkpoint" in caplog.text and "step_000000002" in caplog.text
     caplog.clear()
-    monkeypatch.setattr(runtime, "code_version", lambda: "other code")
+    monkeypatch.setattr(runtime, "code_version", lambda *modules: "other code")
     with caplog.at_level("INFO", logger="didi.runtime"):
         again = go(4, tmp_path / "a")
     assert again.history["resumed_from_iteration"] == [None] and len(again.history["reward"]) == 4

@@ -223,11 +223,30 @@ def test_killed_run_resumes_to_the_same_weights(workspace, tmp_path):
 def test_a_checkpoint_made_by_other_code_is_not_resumed(workspace, tmp_path, monkeypatch, caplog):
     cfg = tiny_cfg(steps=12)
     train.train_teacher(cfg, workspace / "tokens", workspace / "tokenizer", tmp_path, max_steps=6)
-    monkeypatch.setattr(runtime, "code_version", lambda: "other code")
+    monkeypatch.setattr(runtime, "code_version", lambda *modules: "other code")
     with caplog.at_level("WARNING", logger="didi.runtime"):
         again = train.train_teacher(cfg, workspace / "tokens", workspace / "tokenizer", tmp_path)
     assert again["steps_this_run"] == 12 and again["resumed_from_step"] is None
     assert "not resuming from checkpoint" in caplog.text and "differs in code" in caplog.text
+
+
+def test_a_checkpoint_outlives_an_edit_of_a_module_the_teacher_does_not_run(workspace, tmp_path, monkeypatch):
+    """The code identity hashes the modules train.py imports (transitively): an edit of tables.py keeps the teacher's
+    checkpoint, an edit of diffusion.py (its loss) does not."""
+    cfg = tiny_cfg(steps=12)
+    source = runtime.module_source
+
+    def edit(module):
+        monkeypatch.setattr(runtime, "module_source",
+                            lambda name: source(name) + (b"\n# edited\n" if name == module else b""))
+
+    assert train.train_teacher(cfg, workspace / "tokens", workspace / "tokenizer", tmp_path, max_steps=6) is None
+    edit("tables")
+    assert train.train_teacher(cfg, workspace / "tokens", workspace / "tokenizer", tmp_path, max_steps=9) is None
+    assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["step_000000004", "step_000000008"]  # resumed
+    edit("diffusion")
+    again = train.train_teacher(cfg, workspace / "tokens", workspace / "tokenizer", tmp_path)
+    assert again["resumed_from_step"] is None and again["steps_this_run"] == 12
 
 
 def test_the_teacher_trajectory_is_that_of_the_code_before_the_runtime_refactor(workspace, tmp_path):

@@ -6,8 +6,8 @@ import sys
 from snakemake_interface_executor_plugins.settings import DeploymentMethod
 
 from didi.config import (
+    STUDENT_DIRS,
     distill_seeds,
-    outputs_relevant,
     parse_student_model,
     step_sections,
     student_model,
@@ -17,6 +17,7 @@ from didi.config import (
 from didi.diffusion import PRECISIONS
 from didi.rgas import guidance
 from didi.sdtt import plan_of as sdtt_plan, student_subdir as sdtt_student_subdir
+from didi.stages import outputs_relevant
 from didi.tables import FIGURES, TABLES  # what `didi figures` writes
 
 R = config["results"]
@@ -66,7 +67,7 @@ def command_config(step):
 
 
 def relevant(step):
-    """A param: the config the step's outputs depend on (didi.config.STEPS lists what they do not depend on);
+    """A param: the config the step's outputs depend on (didi.stages.STEPS lists what they do not depend on);
     editing any other key reruns nothing."""
     return json.dumps(outputs_relevant(config, step), sort_keys=True)
 
@@ -233,7 +234,7 @@ def parent_of(key, of="output"):
 
 def student_dir():
     """Which weights of a distilled student the sampling rules read (distill.student_weights): the EMA or raw."""
-    return "student" if config["distill"]["student_weights"] == "ema" else "student_raw"
+    return STUDENT_DIRS[config["distill"]["student_weights"]]
 
 
 def sample_inputs(wildcards):
@@ -297,4 +298,3 @@ def bench_inputs(wildcards):
         inputs["student"] = f"{run}/{student_dir()}"
         inputs["discriminator"] = f"{run}/discriminator"
     return inputs
-

@@ -15,7 +15,7 @@ rule distill_sdtt:
         students=[
             directory(f"{R}/distill/sdtt/nfe{k}/{weights}")
             for k in sdtt_nfes()
-            for weights in ("student", "student_raw")
+            for weights in STUDENT_DIRS.values()
         ],
         metrics=f"{R}/distill/sdtt/metrics.json",
     log:
