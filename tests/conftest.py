@@ -74,3 +74,17 @@ def make_tokenizer(out_dir, n_words=10):
     tok = Tokenizer(models.WordLevel(vocab, unk_token="[PAD]"))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]").save_pretrained(str(out_dir))
+
+
+def tiny_teacher(vocab=12, seq_len=8, seed=0, dropout=0.1):
+    """A small DiT with weights away from their zero init (adaLN, output layer): a "trained" teacher for unit tests."""
+    import torch
+
+    from didi.model import DiT, DiTConfig
+
+    torch.manual_seed(seed)
+    model = DiT(DiTConfig(vocab, seq_len, hidden=16, layers=2, heads=2, cond_dim=8, dropout=dropout))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    return model.eval()

@@ -11,21 +11,11 @@ import torch
 from didi import config, cost, sdtt
 from didi.diffusion import LogLinearSchedule
 from didi.distill import build_state, distill_step, run_distillation
+from conftest import tiny_teacher
 
 SCHED = LogLinearSchedule(1e-3)
 DIFFUSION = {"eps": 1e-3, "t_min": 1e-3, "antithetic": True, "sampling_t_end": 1e-5, "sampling_precision": "float64",
              "cache": True}
-
-
-def tiny_teacher(vocab=12, seq_len=8, seed=0, dropout=0.1):
-    from didi.model import DiT, DiTConfig
-
-    torch.manual_seed(seed)
-    model = DiT(DiTConfig(vocab, seq_len, hidden=16, layers=2, heads=2, cond_dim=8, dropout=dropout))
-    with torch.no_grad():  # a "trained" teacher: adaLN and output layer away from their zero init
-        for p in model.parameters():
-            p.add_(0.1 * torch.randn_like(p))
-    return model.eval()
 
 
 def tokens(n=32, vocab=11, seq_len=8):

@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import make_tokenizer
+from conftest import make_tokenizer, tiny_teacher
 from didi import config
 from didi.diffusion import LogLinearSchedule, sample
 from didi import distill_cli, objective
@@ -277,17 +277,6 @@ def test_divergences():
 
 
 # ---------------------------------------------------------------------------------------------- the real network
-def tiny_teacher(vocab=12, seq_len=8, seed=0, dropout=0.1):
-    from didi.model import DiT, DiTConfig
-
-    torch.manual_seed(seed)
-    model = DiT(DiTConfig(vocab, seq_len, hidden=16, layers=2, heads=2, cond_dim=8, dropout=dropout))
-    with torch.no_grad():  # a "trained" teacher: adaLN and output layer away from their zero init
-        for p in model.parameters():
-            p.add_(0.1 * torch.randn_like(p))
-    return model.eval()
-
-
 def tiny_cfg(**distill):
     cfg = default_cfg()
     cfg["distill"] = {**cfg["distill"], "iterations": 4, "batch_size": 2, "group_size": 2, "warmup_steps": 2,
