@@ -234,7 +234,7 @@ class Scorer:
 
         self.evaluate, self.cfg, self.tokenizer = evaluate, cfg, tokenizer
         self.info = io.read_json(Path(judge_dir) / "judge.json")
-        self.exact = self.info.get("kind") == "exact"
+        self.exact = config.is_exact_judge(self.info)  # the one place that decides the judge's kind
         if not self.exact:
             self.model, self.judge_tokenizer, self.info = evaluate.load_judge(judge_dir)
             self.model.to(io.default_device())
