@@ -143,17 +143,26 @@ def module_source(name: str) -> bytes:
     return (PACKAGE / f"{name}.py").read_bytes()
 
 
+def didi_import_statements(source: str | bytes, filename: str = "<source>") -> list[tuple[int, str, str]]:
+    """(line, the didi module imported, the statement) for every import of a didi module in `source`, at the top or
+    inside a function (`import didi` itself: module "didi")."""
+    out = []
+    for node in ast.walk(ast.parse(source, filename)):
+        if isinstance(node, ast.ImportFrom):
+            text = f"from {node.module} import {', '.join(a.name for a in node.names)}"
+            if node.module == "didi":
+                out += [(node.lineno, a.name, text) for a in node.names]
+            elif (node.module or "").startswith("didi."):
+                out.append((node.lineno, node.module.split(".")[1], text))
+        elif isinstance(node, ast.Import):
+            out += [(node.lineno, a.name.partition(".")[2] or "didi", f"import {a.name}") for a in node.names
+                    if a.name == "didi" or a.name.startswith("didi.")]
+    return out
+
+
 def didi_imports(source: str | bytes) -> set[str]:
     """The didi modules a module's source imports, at the top or inside a function."""
-    names = set()
-    for node in ast.walk(ast.parse(source)):
-        if isinstance(node, ast.ImportFrom) and node.module == "didi":
-            names |= {alias.name for alias in node.names}
-        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("didi."):
-            names.add(node.module.split(".")[1])
-        elif isinstance(node, ast.Import):
-            names |= {alias.name.split(".")[1] for alias in node.names if alias.name.startswith("didi.")}
-    return names
+    return {module for _, module, _ in didi_import_statements(source)} - {"didi"}
 
 
 def code_modules(*entries: str) -> list[str]:

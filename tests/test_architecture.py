@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from didi.runtime import didi_import_statements  # the code identity's reading of the imports
+
 ROOT = Path(__file__).resolve().parents[1]
 PAGE = ROOT / "docs" / "architecture.md"
 PACKAGE = ROOT / "didi"
@@ -43,20 +45,11 @@ def tables() -> dict[str, dict[str, set[str]]]:
 
 def didi_imports(path: Path) -> list[tuple[int, str, str]]:
     """(line, the didi module imported, the statement) for every import of a didi module in `path`, anywhere."""
-    out = []
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+    source = path.read_text()
+    for node in ast.walk(ast.parse(source, str(path))):
         if isinstance(node, ast.ImportFrom):
             assert node.level == 0, f"{path.name}:{node.lineno}: a relative import (write `from didi import ...`)"
-            text = f"from {node.module} import {', '.join(a.name for a in node.names)}"
-            if node.module == "didi":
-                out += [(node.lineno, a.name, text) for a in node.names]
-            elif node.module and node.module.startswith("didi."):
-                out.append((node.lineno, node.module.split(".")[1], text))
-        elif isinstance(node, ast.Import):
-            for a in node.names:
-                if a.name == "didi" or a.name.startswith("didi."):
-                    out.append((node.lineno, a.name.partition(".")[2] or "didi", f"import {a.name}"))
-    return out
+    return didi_import_statements(source, str(path))
 
 
 def modules() -> list[str]:
