@@ -18,8 +18,9 @@ Costs, cumulative at every evaluated checkpoint:
    of the network is frozen). Counted from what one iteration does (`didi_forward_equivalents`,
    `sdtt_forward_equivalents`), so it does not depend on the machine.
 
-Targets: the teacher's gen-PPL at K = L (the paper's reference) and at K = 2 x 16 = 32 (what one SDTT round aims
-at: its teacher samples with twice the student's steps), sampled and scored the same way (same n, same seed). For
+Targets: the teacher's gen-PPL at K = L (the paper's reference), at K = 2 x 16 = 32 (what one SDTT round aims
+at: its teacher samples with twice the student's steps) and at K = 1.5 x 16 = 24 (a speed-up of 1.5: a target that
+a budget too small for the others can still reach), sampled and scored the same way (same n, same seed). For
 each method and target: the first checkpoint whose student gen-PPL is at or below the target (its cost), or "not
 reached" with the best one; and SDTT / DiDi-Instruct when both reach it (`reach_table`). Checkpoints are E steps
 apart, so a first reach is an upper bound within one segment's cost.
@@ -260,6 +261,11 @@ def options(every: int | None = None, num_samples: int | None = None, nfe: int |
             "sdtt_steps": sdtt_steps, "target_nfe": target_nfe}
 
 
+def default_targets(seq_len: int, nfe: int) -> list[int]:
+    """The teacher's NFEs whose gen-PPL are the default targets: L, 2K and 1.5K (module docstring)."""
+    return [seq_len, 2 * nfe, 3 * nfe // 2]
+
+
 def sdtt_budget(rounds: list, nfe: int) -> int:
     """Steps up to the end of the round whose student samples with `nfe` steps (later rounds train students for
     fewer steps); the whole plan when no round does."""
@@ -280,7 +286,8 @@ def run_cost(cfg: dict, teacher, tokens, tokenizer, mask_id: int, judge_dir: str
     seq_len = teacher.config.seq_len
     nfe = opts["nfe"] or DEFAULT_NFE
     n = opts["num_samples"] or DEFAULT_SAMPLES
-    target_nfe = sorted({k for k in (opts["target_nfe"] or [seq_len, 2 * nfe]) if k <= seq_len}, reverse=True)
+    wanted = opts["target_nfe"] or default_targets(seq_len, nfe)
+    target_nfe = sorted({k for k in wanted if k <= seq_len}, reverse=True)
     if nfe > seq_len or not target_nfe:
         raise ValueError(f"distill_cost: NFE {nfe} and targets {opts['target_nfe']} must be <= L = {seq_len}")
     method = config.variant_method(cfg, "full")
@@ -436,7 +443,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--cost-sdtt-steps", type=int, default=None,
                    help="SDTT budget in steps (default: up to the end of the round training the K-step student)")
     g.add_argument("--cost-target-nfe", type=int, nargs="+", default=None,
-                   help="the teacher's NFEs whose gen-PPL are the targets (default L and 2K)")
+                   help="the teacher's NFEs whose gen-PPL are the targets (default L, 2K and 1.5K)")
 
 
 def options_from_args(args: argparse.Namespace) -> dict:

@@ -262,7 +262,7 @@ def tiny_results(tmp_path_factory):
 
 
 def test_distill_cost_section_end_to_end(tiny_results, tmp_path):
-    """`didi bench --sections distill_cost` on the tiny results: K = 2, targets the teacher at L = 8 and 2K = 4,
+    """`didi bench --sections distill_cost` on the tiny results: K = 2, targets the teacher at L = 8, 2K = 4 and 1.5K = 3,
     DiDi-Instruct's 4 iterations and SDTT's 4 steps (its 8 -> 4 -> 2 plan up to the 2-step student) in segments of
     2; every number where it belongs, and the markdown table."""
     from didi import cli
@@ -279,7 +279,7 @@ def test_distill_cost_section_end_to_end(tiny_results, tmp_path):
     assert sorted(p.name for p in out.iterdir()) == ["bench.json", "distill_cost.json", "distill_cost.md",
                                                      "distill_cost.md.provenance.json"]  # no checkpoints left
     assert res["nfe"] == 2 and res["num_samples"] == 8 and res["every"] == {"didi": 2, "sdtt": 2}
-    assert [t["name"] for t in res["targets"]] == ["teacher@8", "teacher@4"]
+    assert [t["name"] for t in res["targets"]] == ["teacher@8", "teacher@4", "teacher@3"]
     assert res["didi"]["seed"] == 9 and res["didi"]["iterations"] == 4
     assert [p["step"] for p in res["didi"]["points"]] == [0, 2, 4]
     assert [p["step"] for p in res["sdtt"]["points"]] == [0, 2, 4] and res["sdtt"]["plan_steps"] == 4
@@ -293,7 +293,7 @@ def test_distill_cost_section_end_to_end(tiny_results, tmp_path):
         assert seconds[0] == 0 and seconds[1] > 0 and seconds == sorted(seconds)
         for p in res[method]["points"]:
             assert p["gen_ppl_lo"] <= p["gen_ppl"] <= p["gen_ppl_hi"] and p["entropy"] > 0
-    assert [row["target"] for row in res["reach"]] == ["teacher@8", "teacher@4"]
+    assert [row["target"] for row in res["reach"]] == ["teacher@8", "teacher@4", "teacher@3"]
     for row in res["reach"]:
         for method in ("didi", "sdtt"):
             expected = cost.first_reach(res[method]["points"], row["target_gen_ppl"])
