@@ -60,7 +60,8 @@ def didi_forward_equivalents(distill_cfg: dict, method: dict, dropout: float) ->
     step on R rows (score_decomposition; one-shot: the start step alone). Each step is one pass, or a no-grad draw
     pass plus a scored one (on_policy_single_pass false). The student's backward goes through every step. The
     regulariser runs the teacher on every state the student acted in (the start as one row: the teacher is in eval
-    mode). Each discriminator step reads R positives and R student samples, forward and backward; the reward reads
+    mode). student_epochs > 1: each further student update reads the same states again (one pass, backward) and
+    the teacher on them (distill.further_student_updates). Each discriminator step reads R positives and R student samples, forward and backward; the reward reads
     reward_corruptions corruptions of the R samples, forward only. A discriminator warm-up iteration
     (distill.discriminator_warmup) runs the rollout without gradient and the discriminator's steps only."""
     rows = distill_cfg["batch_size"] * distill_cfg["group_size"]
@@ -68,8 +69,10 @@ def didi_forward_equivalents(distill_cfg: dict, method: dict, dropout: float) ->
     acted = start + (rows if method["score_decomposition"] else 0)  # rows of the states the student acted in
     passes = 1 if method["on_policy_single_pass"] else 2
     disc_forward = distill_cfg["discriminator_steps"] * 2 * rows
-    student = {"student_forward": passes * acted, "student_backward": 2 * acted, "teacher_forward": (
-        1 + (rows if method["score_decomposition"] else 0)), "discriminator_forward": disc_forward,
+    updates = method["student_epochs"]  # each further update reads the states again (one pass) and the teacher
+    teacher = 1 + (rows if method["score_decomposition"] else 0)
+    student = {"student_forward": (passes + updates - 1) * acted, "student_backward": 2 * updates * acted,
+               "teacher_forward": updates * teacher, "discriminator_forward": disc_forward,
         "discriminator_backward": 2 * disc_forward, "reward_forward": distill_cfg["reward_corruptions"] * rows}
     warmup = {"student_forward": passes * acted, "student_backward": 0, "teacher_forward": 0,
               "discriminator_forward": disc_forward, "discriminator_backward": 2 * disc_forward, "reward_forward": 0}

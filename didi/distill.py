@@ -11,7 +11,8 @@ One iteration (`distill_step`):
  7. Grouped normalisation -> advantage A (by each group's std, one pooled over the groups, or leave-one-out), clipped.
  8. Weight omega(tau) (clipped) and optionally 1 / pi(tau).
  9. Student loss = -mean(w * A * log p) + kl_coef * KL(teacher || student) [or Jeffrey] - entropy_coef * H.
-10. AdamW steps with warm-up and clipping for student and discriminator; EMA of the student.
+10. AdamW steps with warm-up and clipping for student and discriminator (student_epochs > 1: further student
+    steps on the same rollouts with PPO's clipped ratio); EMA of the student.
 
 The objective's pieces are plain functions in didi/objective.py; here are the state, the step that strings them
 together (`distill_step`, the steps above numbered in it) and the loop with checkpoints (`run_distillation`); the
@@ -164,6 +165,23 @@ def reward_of(state: DistillState, views: tuple) -> torch.Tensor:
                              state.distill_cfg["reward_clip"], state.method)
 
 
+def further_student_updates(state: DistillState, roll: dict, weight, advantage, count) -> float:
+    """method["student_epochs"] - 1 more student updates on this iteration's rollouts, each reading their
+    log-probabilities afresh: PPO's clipped surrogate (objective.clipped_policy_gradient_loss, ratio to the student
+    that drew them, method["ratio_clip"]) plus the same regulariser. Returns the last update's clipped share."""
+    method, sched, mask_id = state.method, state.schedule, state.mask_id
+    rollout_logp = objective.token_log_probs(roll["states"], roll["x"], mask_id).detach()
+    for _ in range(method["student_epochs"] - 1):
+        states = objective.rescored_states(state.student, roll["states"], sched, mask_id)
+        pg_loss, clipped = objective.clipped_policy_gradient_loss(
+            weight, advantage, objective.token_log_probs(states, roll["x"], mask_id), rollout_logp,
+            method["ratio_clip"])
+        kl, entropy = objective.regulariser(states, state.teacher, sched, mask_id, method, count)
+        optimiser_step(state.opt_student, pg_loss + method["kl_coef"] * kl - method["entropy_coef"] * entropy,
+                       list(state.student.parameters()), state.distill_cfg["student_grad_clip"])
+    return clipped.item()
+
+
 def distill_step(state: DistillState, positives: torch.Tensor, generator) -> dict:
     """One DiDi-Instruct iteration on this rank's rows. positives [b, L]: the positive rows (b prompts), each is
     repeated G times. generator: one torch.Generator, or a list of b (one per prompt = group: group_generators).
@@ -213,9 +231,11 @@ def distill_step(state: DistillState, positives: torch.Tensor, generator) -> dic
     pg_loss = objective.policy_gradient_loss(weight, advantage, roll["logp"])
     kl, entropy = objective.regulariser(roll["states"], state.teacher, sched, mask_id, method, count)
     loss = pg_loss + method["kl_coef"] * kl - method["entropy_coef"] * entropy
-    # 10. student update (clipping) and its EMA
+    # 10. student update (clipping), student_epochs - 1 more on the same rollouts, and its EMA
     grad_norm = optimiser_step(state.opt_student, loss, list(state.student.parameters()),
                                distill_cfg["student_grad_clip"])
+    if method["student_epochs"] > 1:
+        stats["clip_fraction"] = further_student_updates(state, roll, weight, advantage, count)
     runtime.ema_update(state.student_ema, state.student, distill_cfg["ema"], student_iteration, warmup=False)
     state.iteration += 1
     return {"student_loss": loss.item(), "pg_loss": pg_loss.item(), "kl": kl.item(), "entropy": entropy.item(),

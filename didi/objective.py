@@ -310,6 +310,41 @@ def policy_gradient_loss(weight, advantage, logp) -> torch.Tensor:
     return -(weight * advantage * logp).mean()
 
 
+def rescored_states(student, states, schedule, mask_id: int) -> list:
+    """The states a rollout acted in, (z, t, log_probs), with log_probs read again from `student` as it is now
+    (with grad): what a further update on the same rollouts reads (method["student_epochs"])."""
+    def forward(z, sigma):
+        return real_log_probs(student(z, sigma), mask_id)
+
+    if deterministic(student):
+        forward = functools.partial(denoise_rows, forward)
+    return [(z, t, forward(z, schedule.sigma(t))) for z, t, _ in states]
+
+
+def token_log_probs(states, x: torch.Tensor, mask_id: int) -> torch.Tensor:
+    """[B, L]: each position's log-probability, under the log_probs of the state whose step revealed it, of the
+    token it took (0 where no step revealed one). Its row sums are the rollout's log p = ell_1 + ell_2."""
+    following = [z for z, _, _ in states[1:]] + [x]
+    total = torch.zeros(x.shape, dtype=states[0][2].dtype, device=x.device)
+    for (z, _, log_probs), z_next in zip(states, following):
+        revealed = (z == mask_id) & (z_next != mask_id)
+        token = log_probs.gather(-1, torch.where(revealed, z_next, 0)[..., None]).squeeze(-1)
+        total = total + torch.where(revealed, token, 0.0)
+    return total
+
+
+def clipped_policy_gradient_loss(weight, advantage, token_logp, rollout_token_logp, clip: float) -> tuple:
+    """PPO's clipped surrogate (Schulman et al. 2017) with per-token ratios r = p_now / p_rollout of the revealed
+    tokens, as GRPO takes them: -mean over rows of the sum over tokens of min(r w A, clip(r, 1 - clip, 1 + clip) w A).
+    At r = 1 its gradient is policy_gradient_loss's. Returns (loss, share of revealed tokens whose ratio is clipped)."""
+    ratio = (token_logp - rollout_token_logp).exp()
+    weighted = (weight * advantage).detach()[:, None]
+    surrogate = torch.minimum(ratio * weighted, ratio.clamp(1 - clip, 1 + clip) * weighted)
+    revealed = rollout_token_logp != 0
+    clipped = ((ratio - 1).abs() > clip) & revealed
+    return -surrogate.sum(-1).mean(), clipped.sum() / revealed.sum().clamp(min=1)
+
+
 def divergence(student_lp: torch.Tensor, teacher_lp: torch.Tensor, kind: str, beta: float) -> torch.Tensor:
     """Per-position divergence between teacher and student token distributions [..., V] -> [...].
 

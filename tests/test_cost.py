@@ -60,6 +60,9 @@ def test_forward_equivalents_of_the_default_config_by_hand():
     # dropout: every row of the start gets its own pass: 32 rows forward, 64 backward, teacher still 1 + 16
     assert cost.didi_forward_equivalents(cfg["distill"], config.variant_method(cfg, "full"),
                                          0.1)["student"]["total"] == 32 + 64 + 17 + 96 + 128
+    # student_epochs 3: two more reads of the 17 rows (forward, backward) and of the teacher: 3 x (17 + 34 + 17)
+    assert cost.didi_forward_equivalents(cfg["distill"], {**config.variant_method(cfg, "full"), "student_epochs": 3},
+                                         0.0)["student"]["total"] == 3 * 68 + 96 + 128
     # SDTT: 16 rows x (2 teacher steps + 1 student forward + 2 for its backward)
     assert cost.sdtt_forward_equivalents(cfg["sdtt"]) == {"teacher_forward": 32, "student_forward": 16,
                                                           "student_backward": 32, "total": 80}
@@ -84,6 +87,8 @@ class RowCounter:
     ("baseline", 0.0, {}, {}),
     ("full", 0.0, {"discriminator_steps": 2, "reward_corruptions": 3}, {"on_policy_single_pass": False}),
     ("full", 0.0, {"discriminator_warmup": 1}, {}),  # the first iteration is a warm-up one
+    ("full", 0.0, {}, {"student_epochs": 3}),
+    ("full", 0.1, {}, {"student_epochs": 2}),
 ])
 def test_didi_counts_are_what_an_iteration_runs(variant, dropout, over, method_over):
     cfg = distill_cfg(**over)

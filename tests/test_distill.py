@@ -647,6 +647,81 @@ def test_shuffled_advantages_are_a_seeded_permutation():
     assert torch.equal(a.sort().values, adv)
 
 
+# ---------------------------------------------------------------------------------------------- PPO's reuse
+@pytest.mark.parametrize("decomposition,finish", [(True, True), (True, False), (False, True), (False, False)])
+def test_token_log_probs_sum_to_the_rollouts_log_p(decomposition, finish):
+    """Each revealed position's log-probability under the state that revealed it: the rows sum to ell_1 + ell_2
+    (or the one-shot ell), also when [MASK] survives to t0."""
+    method = {"score_decomposition": decomposition, "finish_at_alpha_one": finish, "on_policy_single_pass": True}
+    student = tiny_teacher(dropout=0.0)
+    roll = rollout(student, 6, 8, torch.full((6,), 0.4), SCHED, 11, method, 0.3, torch.Generator().manual_seed(2),
+                   "float64", "cpu")
+    per_token = objective.token_log_probs(roll["states"], roll["x"], 11)
+    assert torch.allclose(per_token.sum(-1), roll["logp"], atol=1e-5)
+    assert (per_token[roll["x"] == 11] == 0).all() and (per_token <= 0).all()
+
+
+def test_clipped_surrogate_by_hand():
+    """r = 1.5, 0.9, 0.5 with epsilon 0.2: for A > 0 the gradient in log p is r A where r A is the minimum (0.9,
+    0.5) and 0 where the clip binds (1.5 -> 1.2); for A < 0 the clip binds at 0.5 (-0.8 < -0.5) instead."""
+    old = torch.log(torch.tensor([[0.2, 0.3, 0.4, 1.0], [0.2, 0.3, 0.4, 1.0]]))
+    old[:, 3] = 0.0  # a position no step revealed
+    ratio = torch.tensor([1.5, 0.9, 0.5, 1.0])
+    new = (old + ratio.log()).requires_grad_(True)
+    advantage, weight = torch.tensor([1.0, -1.0]), torch.tensor([1.0, 1.0])
+    loss, clipped = objective.clipped_policy_gradient_loss(weight, advantage, new, old, 0.2)
+    (grad,) = torch.autograd.grad(loss, new)
+    # loss = -mean over the 2 rows: d loss / d new = -(1/2) x d surrogate / d new
+    assert torch.allclose(-2 * grad[0, :3], torch.tensor([0.0, 0.9, 0.5]))
+    assert torch.allclose(-2 * grad[1, :3], torch.tensor([-1.5, -0.9, 0.0]))
+    assert loss.item() == pytest.approx(-((1.2 + 0.9 + 0.5 + 1.0) + (-1.5 - 0.9 - 0.8 - 1.0)) / 2)
+    assert clipped.item() == pytest.approx(4 / 6)  # 1.5 and 0.5 in both rows, of 6 revealed tokens
+
+
+def test_at_ratio_one_the_clipped_surrogate_has_the_policy_gradient():
+    """Read again by the unchanged student, the rollout's states give the same log-probabilities, and the clipped
+    surrogate's gradient is the plain policy gradient's: the first of several updates is the paper's."""
+    student = tiny_teacher(dropout=0.0)
+    method = {**config.variant_method(tiny_cfg(), "full")}
+    roll = rollout(student, 6, 8, torch.full((6,), 0.5), SCHED, 11, method, 1e-3, torch.Generator().manual_seed(3),
+                   "float64", "cpu")
+    states = objective.rescored_states(student, roll["states"], SCHED, 11)
+    for (_, _, a), (_, _, b) in zip(roll["states"], states):
+        assert torch.allclose(a, b, atol=1e-6)
+    weight, advantage = torch.rand(6, generator=torch.Generator().manual_seed(4)), torch.randn(6)
+    params = list(student.parameters())
+    plain = torch.autograd.grad(objective.policy_gradient_loss(weight, advantage, roll["logp"]), params)
+    token_logp = objective.token_log_probs(states, roll["x"], 11)
+    loss, clipped = objective.clipped_policy_gradient_loss(weight, advantage, token_logp, token_logp.detach(), 0.2)
+    for g, h in zip(plain, torch.autograd.grad(loss, params)):
+        assert torch.allclose(g, h, atol=1e-6)
+    assert clipped.item() == 0.0
+
+
+def test_further_student_epochs_move_the_student_and_leave_the_discriminator_alone():
+    """student_epochs 3: the same rollouts, reward and discriminator step as student_epochs 1 (the discriminator
+    after the iteration is bit-identical), two more student updates on top (the student moves further from the
+    teacher), and the share of clipped ratios logged."""
+    cfg = tiny_cfg(warmup_steps=0, student_lr=1e-2)
+    positives = torch.as_tensor(np.random.default_rng(0).integers(0, 11, size=(2, 8)))
+    runs = {}
+    for epochs in (1, 3):
+        method = {**config.variant_method(cfg, "full"), "student_epochs": epochs}
+        state = build_state(tiny_teacher(dropout=0.0), cfg["distill"], method, SCHED, 11, 8)
+        stats = distill_step(state, positives, torch.Generator().manual_seed(0))
+        runs[epochs] = (state, stats)
+    (one, stats1), (three, stats3) = runs[1], runs[3]
+    for a, b in zip(one.discriminator.parameters(), three.discriminator.parameters()):
+        assert torch.equal(a, b)
+    assert stats1["reward"] == stats3["reward"] and "clip_fraction" not in stats1
+    assert 0.0 <= stats3["clip_fraction"] <= 1.0
+
+    def distance(state):
+        return sum((p - q).pow(2).sum() for p, q in zip(state.student.parameters(), state.teacher.parameters()))
+
+    assert distance(three) > distance(one) > 0
+
+
 @pytest.mark.parametrize("before", [True, False])
 def test_reward_comes_from_the_discriminator_before_or_after_its_update(before):
     """reward_before_update: the reward is what the discriminator said before this iteration's step(s);
