@@ -204,7 +204,8 @@ def distill_step(state: DistillState, positives: torch.Tensor, generator) -> dic
     with torch.set_grad_enabled(student_iteration >= 0):
         roll = objective.rollout(state.student, rows, state.seq_len, tau, sched, mask_id, method, distill_cfg["t0"],
                                  generator, distill_cfg["rollout_precision"], device)
-    stats = {"logp": roll["logp"].mean().item(), "fake_mask_left": (roll["x"] == mask_id).float().mean().item()}
+    stats = {"logp": roll["logp"].mean().item(), "fake_mask_left": (roll["x"] == mask_id).float().mean().item(),
+             **({"clip_fraction": math.nan} if method["student_epochs"] > 1 else {})}  # set at step 10
     # 4. corruption of student samples and positives
     z_fake, z_real, tau_real = objective.corrupt_both(roll["x"], real, tau, sched, mask_id, method, clip, generator)
     if student_iteration < 0:  # the discriminator's warm-up: its step is all there is (no reward, no student loss)

@@ -720,6 +720,13 @@ def test_further_student_epochs_move_the_student_and_leave_the_discriminator_alo
         return sum((p - q).pow(2).sum() for p, q in zip(state.student.parameters(), state.teacher.parameters()))
 
     assert distance(three) > distance(one) > 0
+    # a discriminator warm-up iteration makes no student update: its clipped share is NaN, every curve as long
+    cfg = tiny_cfg(iterations=2, discriminator_warmup=1)
+    history = run_distillation(tiny_teacher(dropout=0.0), positives.repeat(3, 1), cfg["distill"],
+                               {**config.variant_method(cfg, "full"), "student_epochs": 2}, SCHED, 11, seed=0,
+                               progress=False).history
+    assert np.isnan(history["clip_fraction"][0]) and 0 <= history["clip_fraction"][2] <= 1
+    assert len(history["clip_fraction"]) == len(history["reward"]) == 3
 
 
 @pytest.mark.parametrize("before", [True, False])
