@@ -111,9 +111,26 @@ def ratio(numerator: float, denominator: float) -> float | None:
     return numerator / denominator if denominator > 0 else None
 
 
+COSTS = ("train_seconds", "forward_equivalents")
+
+
+def ratio_bound(curves: dict[str, list[dict]], didi: dict, sdtt: dict) -> dict | None:
+    """Where only one method reaches a target after some training, the other's whole budget (its last checkpoint)
+    bounds SDTT / DiDi-Instruct: SDTT missing means its cost exceeds its budget, so the ratio is above budget /
+    DiDi's cost ("above"); DiDi missing puts it below SDTT's cost / DiDi's budget ("below"). None otherwise."""
+    if didi["reached"] and not sdtt["reached"] and didi["step"] > 0:
+        spent = curves["sdtt"][-1]
+        return {"side": "above", **{c: ratio(spent[c], didi[c]) for c in COSTS}}
+    if sdtt["reached"] and not didi["reached"] and sdtt["step"] > 0:
+        spent = curves["didi"][-1]
+        return {"side": "below", **{c: ratio(sdtt[c], spent[c]) for c in COSTS}}
+    return None
+
+
 def reach_table(curves: dict[str, list[dict]], targets: list[dict]) -> list[dict]:
     """Per target: each method's first reach, and SDTT / DiDi-Instruct in wall-clock and forward-equivalents when
-    both reach it (None when either does not, or DiDi-Instruct reaches it before training: cost 0)."""
+    both reach it (None when either does not, or DiDi-Instruct reaches it before training: cost 0); where only one
+    reaches it, the bound the other's budget puts on that ratio (`ratio_bound`)."""
     out = []
     for target in targets:
         row = {"target": target["name"], "target_gen_ppl": target["gen_ppl"],
@@ -123,6 +140,7 @@ def reach_table(curves: dict[str, list[dict]], targets: list[dict]) -> list[dict
         row["ratio_train_seconds"] = ratio(sdtt["train_seconds"], didi["train_seconds"]) if both else None
         row["ratio_forward_equivalents"] = (ratio(sdtt["forward_equivalents"], didi["forward_equivalents"])
                                             if both else None)
+        row["ratio_bound"] = ratio_bound(curves, didi, sdtt) if didi and sdtt else None
         out.append(row)
     return out
 
@@ -402,7 +420,12 @@ def markdown(result: dict) -> str:
             lines.append(f"- {row['target']}: no ratio: the teacher at K = {k} is already at or below it.")
         else:
             missed = " and ".join(METHODS[m] for m in METHODS if not row[m]["reached"])
-            lines.append(f"- {row['target']}: no ratio: {missed} did not reach it within its budget.")
+            bound = row.get("ratio_bound")
+            said = "" if bound is None else (
+                f" SDTT / DiDi-Instruct is {bound['side']} {bound['train_seconds']:.2f} in wall-clock, "
+                f"{bound['forward_equivalents']:.2f} in forward-equivalents ({missed}'s whole budget against the "
+                f"other's cost to reach it).")
+            lines.append(f"- {row['target']}: no ratio: {missed} did not reach it within its budget.{said}")
     didi, sdtt = result["didi"], result["sdtt"]
     per = didi["forward_equivalents_per_iteration"]
     lines += ["", f"Per DiDi-Instruct iteration: {per['student']['total']} forward-equivalents (warm-up iteration "

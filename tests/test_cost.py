@@ -148,6 +148,20 @@ def test_reach_table_ratio_only_where_both_reach_after_training():
     assert rows[1]["didi"]["step"] == 5 and rows[1]["sdtt"]["step"] == 15
     assert rows[1]["ratio_train_seconds"] == pytest.approx(12.0 / 10.0)
     assert rows[1]["ratio_forward_equivalents"] == pytest.approx(240 / 300)
+    assert rows[1]["ratio_bound"] is None and rows[2]["ratio_bound"] is None  # both reach it (loose: at step 0)
+    # teacher@64: neither reaches it. A target only DiDi-Instruct reaches (50 at step 10: 20 s, 600 calls) bounds
+    # the ratio from below by SDTT's whole budget (step 20: 16 s, 320 calls); one only SDTT reaches (its 65 at
+    # step 20), from above by DiDi-Instruct's whole budget (20 s, 600 calls)
+    only_didi, only_sdtt = cost.reach_table({"didi": didi, "sdtt": sdtt_curve}, [
+        {"name": "a", "gen_ppl": 50.0}, {"name": "b", "gen_ppl": 65.0}])
+    assert only_didi["ratio_bound"] == {"side": "above", "train_seconds": pytest.approx(16 / 20),
+                                        "forward_equivalents": pytest.approx(320 / 600)}
+    assert only_sdtt["ratio_bound"] is None  # DiDi-Instruct reaches 65 too (its 50 at step 10)
+    slow = points(90.0, 88.0, 86.0, seconds=10.0, calls=300)
+    (row,) = cost.reach_table({"didi": slow, "sdtt": sdtt_curve}, [{"name": "b", "gen_ppl": 65.0}])
+    assert row["ratio_bound"] == {"side": "below", "train_seconds": pytest.approx(16 / 20),
+                                  "forward_equivalents": pytest.approx(320 / 600)}
+    assert rows[0]["ratio_bound"] is None
     assert rows[2]["didi"]["step"] == 0 and rows[2]["ratio_train_seconds"] is None  # reached before training
 
 
@@ -326,7 +340,9 @@ def test_markdown_gives_the_ratio_or_says_why_not():
     text = cost.markdown(result)
     assert "| teacher@64 | 60.00 | SDTT | no (best shown) | 10 | 8 | 160 | 70.00 [69.00, 71.00] |" in text
     assert "| teacher@32 | 70.00 | DiDi-Instruct | yes | 5 | 10 | 300 | 70.00 [69.00, 71.00] |" in text
-    assert "- teacher@64: no ratio: SDTT did not reach it within its budget." in text
+    assert ("- teacher@64: no ratio: SDTT did not reach it within its budget. SDTT / DiDi-Instruct is above 0.40 "
+            "in wall-clock, 0.27 in forward-equivalents (SDTT's whole budget against the other's cost to reach "
+            "it).") in text
     assert "- teacher@32: SDTT / DiDi-Instruct = 0.80 in wall-clock, 0.53 in forward-equivalents." in text
     assert "- loose: no ratio: the teacher at K = 16 is already at or below it." in text
     assert "teacher itself at K = 16: gen-PPL 90.00 [89.00, 91.00]" in text
