@@ -98,6 +98,15 @@ def deterministic(model) -> bool:
     return not any(isinstance(m, nn.Dropout) and m.training and m.p > 0 for m in getattr(model, "modules", list)())
 
 
+def student_forward(student: nn.Module, mask_id: int) -> Callable:
+    """(z, sigma) -> the student's real-token log-probs [B, L, V]; identical rows (the all-[MASK] start) run in one
+    pass when the student is deterministic (its gradient sums over them)."""
+    def forward(z, sigma):
+        return real_log_probs(student(z, sigma), mask_id)
+
+    return functools.partial(denoise_rows, forward) if deterministic(student) else forward
+
+
 def student_step(student: nn.Module, z: torch.Tensor, t: torch.Tensor, alpha_next: torch.Tensor,
                  schedule: LogLinearSchedule, mask_id: int, generator, method: dict, precision: str):
     """One ancestral step t -> s of the student (diffusion.ancestral_step), with ell [B] = the sum over newly
@@ -107,13 +116,7 @@ def student_step(student: nn.Module, z: torch.Tensor, t: torch.Tensor, alpha_nex
     otherwise it is drawn from a separate no-grad pass and scored by a second one (the official code's way;
     differs under dropout)."""
     sigma = schedule.sigma(t)
-
-    def forward(z, sigma):
-        return real_log_probs(student(z, sigma), mask_id)
-
-    if deterministic(student):  # identical rows (the all-[MASK] start) in one pass; its gradient sums over them
-        forward = functools.partial(denoise_rows, forward)
-
+    forward = student_forward(student, mask_id)
     if method["on_policy_single_pass"]:
         log_probs = draw_from = forward(z, sigma)
     else:
@@ -313,11 +316,7 @@ def policy_gradient_loss(weight, advantage, logp) -> torch.Tensor:
 def rescored_states(student, states, schedule, mask_id: int) -> list:
     """The states a rollout acted in, (z, t, log_probs), with log_probs read again from `student` as it is now
     (with grad): what a further update on the same rollouts reads (method["student_epochs"])."""
-    def forward(z, sigma):
-        return real_log_probs(student(z, sigma), mask_id)
-
-    if deterministic(student):
-        forward = functools.partial(denoise_rows, forward)
+    forward = student_forward(student, mask_id)
     return [(z, t, forward(z, schedule.sigma(t))) for z, t, _ in states]
 
 
