@@ -49,13 +49,19 @@ class Discriminator(nn.Module):
     def forward(self, z: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         """z [B, L] token ids (may hold [MASK]), sigma [B] true noise level -> logits [B, L] float32."""
         h, _ = self.trunk.features(ids=z, sigma=sigma)
-        return self.head(h.float()).squeeze(-1)
+        return self.logit(h)
 
     def forward_soft(self, probs: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         """probs [B, L, V+1] (rows on the simplex; one-hot where a token is known) -> logits [B, L]."""
         weight = self.trunk.embed.weight
         h, _ = self.trunk.features(inputs_embeds=probs.to(weight.dtype) @ weight, sigma=sigma)
-        return self.head(h.float()).squeeze(-1)
+        return self.logit(h)
+
+    def logit(self, h: torch.Tensor) -> torch.Tensor:
+        """The head on the trunk's features [B, L, d] -> [B, L], in float32 under a caller's bf16 autocast too (the
+        reward is a difference of these logits)."""
+        with torch.autocast(h.device.type, enabled=False):
+            return self.head(h.float()).squeeze(-1)
 
 
 def save_discriminator(out_dir, disc: Discriminator, extra: dict | None = None) -> None:

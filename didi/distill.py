@@ -188,7 +188,15 @@ def distill_step(state: DistillState, positives: torch.Tensor, generator) -> dic
 
     Under DDP every loss is this rank's share of the GLOBAL loss (masked-position means divide by the count summed
     over ranks, divided by the world size), so the gradients averaged over ranks are those of one process with all
-    rows. Returns float statistics whose mean over ranks is the global value."""
+    rows. Returns float statistics whose mean over ranks is the global value.
+    distill.bf16: the networks' linears run under bf16 autocast on CUDA (every loss and draw stays float32 or more:
+    the networks return float32 logits); a no-op on the CPU."""
+    with runtime.autocast(positives.device, state.distill_cfg.get("bf16", False)):
+        return _iteration(state, positives, generator)
+
+
+def _iteration(state: DistillState, positives: torch.Tensor, generator) -> dict:
+    """distill_step's body (steps 1-10 of the module's docstring)."""
     distill_cfg, method, sched, mask_id = state.distill_cfg, state.method, state.schedule, state.mask_id
     G, clip, device = distill_cfg["group_size"], distill_cfg["tau_clip"], positives.device
 

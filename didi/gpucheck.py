@@ -1,10 +1,11 @@
 """`python -m didi.gpucheck` (what scripts/gpu_check.sh runs): one prepared pass over every GPU code path, for the
-day a GPU is lent. Each part runs a fixed number of steps (never a duration); at paper size on one H100 we expect
-the whole pass to take about 5 minutes, under 8 (an estimate from FLOP counts: no GPU has run it yet):
+day a GPU is lent. Each part runs a fixed number of steps (never a duration); at paper size on one H200 the whole
+pass took 5 minutes (docs/benchmarks.md, "The GPU check"):
 
   teacher_train             the teacher's training step: tokens/s and MFU, bf16 autocast per config (bench_training)
   sampler_nfe{16,L}_{prec}  the ancestral sampler at NFE 16 and NFE = L, float64 and float32 (bench_sampler)
-  distill                   DiDi-Instruct iterations/s (bench_distill)
+  distill                   DiDi-Instruct iterations/s (bench_distill), under bf16 autocast when distill.bf16
+  distill_float32           the same in float32, when distill.bf16 is on (the ratio of the two, in one run)
   rgas_nfe16                RGAS against plain ancestral sampling at NFE 16 (rgas_overhead)
   nccl                      a one-rank NCCL all-reduce (the backend itself; see torchrun_*)
   torchrun_teacher          the real `didi train-teacher` under torchrun (one process) on a tiny config and a tiny
@@ -109,10 +110,14 @@ def tiny_dataset(root: Path, seed: int, seq_len: int) -> int:
     return len(tokenizer)
 
 
-def tiny_config(seed: int, vocab: int) -> dict:
-    """config.yaml shrunk to seconds per command (what the torchrun smoke trains)."""
+def tiny_config(checked: dict, vocab: int) -> dict:
+    """config.yaml shrunk to seconds per command (what the torchrun smoke trains), with the checked config's seed and
+    precision switches (teacher.bf16, distill.bf16), so the children run the same CUDA paths."""
     cfg = config.load()
-    cfg["seed"] = seed
+    cfg["seed"] = checked["seed"]
+    cfg["teacher"]["bf16"] = checked["teacher"]["bf16"]
+    if "bf16" in checked["distill"]:
+        cfg["distill"]["bf16"] = checked["distill"]["bf16"]
     cfg["tokenizer"]["vocab_size"] = vocab
     cfg["data"]["seq_len"] = 32
     cfg["model"].update(hidden=64, layers=2, heads=2, cond_dim=32, dropout=0.0)
@@ -141,7 +146,9 @@ def torchrun(command: list[str], out_dir: Path, timeout_s: int = 300) -> dict:
 
 # ---------------------------------------------------------------------------------------------- the check
 def gpu_check(cfg: dict, out: Path, config_files: list[str], warmup_steps: int, timed_steps: int,
-              distill_iterations: int, teacher_batch: int, sample_batch: int, peak: float | None) -> dict:
+              distill_iterations: int, teacher_batch: int, sample_batch: int, peak: float | None,
+              only: list[str] | None = None) -> dict:
+    """Runs every part (only: those named, in the table's order) and writes `out` after each."""
     cuda = torch.cuda.is_available()
     device = io.default_device()
     cfg = copy.deepcopy(cfg)
@@ -174,6 +181,14 @@ def gpu_check(cfg: dict, out: Path, config_files: list[str], warmup_steps: int, 
     def sampler(nfe: int, precision: str):
         return lambda: bench.bench_sampler(with_precision(precision), model, mask_id, nfe, sample_batch)
 
+    def distill_float32():
+        if not cuda:
+            return dict(NO_CUDA)
+        if not cfg["distill"].get("bf16", False):
+            return {"skipped": "distill.bf16 is off: the distill part is float32"}
+        return bench.bench_distill(model, blocks, mask_id, {**cfg, "distill": {**cfg["distill"], "bf16": False}},
+                                   distill_iterations)
+
     def rgas():
         from didi.discriminator import Discriminator
 
@@ -201,14 +216,14 @@ def gpu_check(cfg: dict, out: Path, config_files: list[str], warmup_steps: int, 
     smoke = {}
 
     def torchrun_teacher():
-        smoke["cfg"] = tiny_config(cfg["seed"], tiny_dataset(smoke_dir, cfg["seed"], 32))
+        smoke["cfg"] = tiny_config(cfg, tiny_dataset(smoke_dir, cfg["seed"], 32))
         smoke["json"] = json.dumps(smoke["cfg"])
         return torchrun(["train-teacher", "--config-json", smoke["json"], "--tokens", str(smoke_dir / "tokens"),
                          "--tokenizer", str(smoke_dir / "tokenizer")], smoke_dir / "teacher")
 
     def torchrun_distill():
         if "json" not in smoke:
-            raise RuntimeError("no tiny teacher to distil: torchrun_teacher failed")
+            raise RuntimeError("no tiny teacher to distil: torchrun_teacher failed or did not run")
         return torchrun(["distill", "--config-json", smoke["json"], "--teacher", str(smoke_dir / "teacher" / "ema"),
                          "--tokens", str(smoke_dir / "tokens" / "train.npy"), "--tokenizer",
                          str(smoke_dir / "tokenizer"), "--variant", "full"], smoke_dir / "distill")
@@ -217,7 +232,9 @@ def gpu_check(cfg: dict, out: Path, config_files: list[str], warmup_steps: int, 
         "teacher_train": lambda: teacher_train(False),
         "sampler_nfe16_float64": sampler(16, "float64"),
         "sampler_nfe16_float32": sampler(16, "float32"),
-        "distill": lambda: bench.bench_distill(model, blocks, mask_id, cfg, distill_iterations),
+        "distill": lambda: {**bench.bench_distill(model, blocks, mask_id, cfg, distill_iterations),
+                            "bf16": bool(cfg["distill"].get("bf16", False)) and cuda},
+        "distill_float32": distill_float32,
         "rgas_nfe16": rgas,
         "nccl": nccl,
         "torchrun_teacher": torchrun_teacher,
@@ -226,7 +243,12 @@ def gpu_check(cfg: dict, out: Path, config_files: list[str], warmup_steps: int, 
         f"sampler_nfe{seq_len}_float32": sampler(seq_len, "float32"),
         "teacher_train_compile": lambda: teacher_train(True),
     }
+    unknown = sorted(set(only or ()) - set(parts))
+    if unknown:
+        raise ValueError(f"--parts: unknown part(s) {', '.join(unknown)} (known: {', '.join(parts)})")
     for name, part in parts.items():
+        if only and name not in only:
+            continue
         run_part(name, part, results)
         io.write_metrics(out, results, cfg)  # after every part: a run cut short keeps what it measured
     shutil.rmtree(smoke_dir, ignore_errors=True)
@@ -249,13 +271,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sample-batch", type=int, default=8,
                    help="samples per sampler call (8 keeps NFE = 1024 at paper size near a minute)")
     p.add_argument("--peak-tflops", type=float, default=None, help="device peak for MFU (default: known GPUs)")
+    p.add_argument("--parts", default=None,
+                   help="comma-separated parts to run, e.g. distill,torchrun_distill (default: all; torchrun_distill "
+                        "needs torchrun_teacher)")
     args = p.parse_args(argv)
     io.setup_logging()
     files = args.configfile or [str(f) for f in (PAPER_CONFIG if torch.cuda.is_available()
                                                  else [config.DEFAULT_CONFIG])]
     cfg = config.load(files)
     gpu_check(cfg, Path(args.out), files, args.warmup_steps, args.timed_steps, args.distill_iterations,
-              args.teacher_batch or bench.per_gpu_batch(cfg), args.sample_batch, args.peak_tflops)
+              args.teacher_batch or bench.per_gpu_batch(cfg), args.sample_batch, args.peak_tflops,
+              args.parts.split(",") if args.parts else None)
     return 0
 
 

@@ -4,6 +4,7 @@ distillation (distill.py).
 - `seed` / `generator`: the one seed stream. A draw's seed is a stable function of integers (config seed, stream,
   step, ...), so a resumed or multi-process run draws exactly what an uninterrupted one-process run draws.
   `BlockSampler`: the blocks of global batch `step`, a function of (seed, step).
+- `autocast`: bf16 autocast of the networks' linears on CUDA, a no-op on the CPU (every training step's switch).
 - `adamw`, `warmup_lr` (linear warm-up, then constant or linear decay), `cosine_lr` (the judge's).
 - `ema_update`: the float32 EMA of a model's parameters (with or without MDLM's decay warm-up).
 - `save_checkpoint` / `resume`: checkpoint directories `root/step_NNNNNNNNN/` and the identity a checkpoint must
@@ -19,6 +20,7 @@ distillation (distill.py).
 from __future__ import annotations
 
 import ast
+import contextlib
 import copy
 import dataclasses
 import hashlib
@@ -88,6 +90,13 @@ class BlockSampler:
 def to_tensor(blocks: np.ndarray, device: torch.device) -> torch.Tensor:
     """Token blocks (uint16/uint32 numpy) as a long tensor on `device`."""
     return torch.from_numpy(np.asarray(blocks).astype(np.int64)).to(device, non_blocking=True)
+
+
+def autocast(device: torch.device | str, bf16: bool):
+    """bf16 autocast on CUDA only (CPU runs stay float32: they are the tested, reproducible path)."""
+    if bf16 and torch.device(device).type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 # ---------------------------------------------------------------------------------------------- optimisation

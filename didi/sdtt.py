@@ -24,7 +24,6 @@ the count summed over ranks, so N ranks reproduce one process on the same global
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import dataclasses
 import logging
@@ -239,12 +238,6 @@ def grow(state: SDTTState) -> None:
         state.optimizer = new_optimizer(state.student, cfg)
 
 
-def _autocast(device: torch.device, bf16: bool):
-    if bf16 and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
 def sdtt_step(state: SDTTState, x: torch.Tensor, t: torch.Tensor, generators) -> dict:
     """One optimiser step on this rank's rows x [b, L] at times t [b] (drawn for the global batch, sliced);
     generators: one per row (its corruption and the teacher's draws). The loss is this rank's share of the global
@@ -262,11 +255,11 @@ def sdtt_step(state: SDTTState, x: torch.Tensor, t: torch.Tensor, generators) ->
     masked = z == mask_id
 
     def teacher_fn(zz, sigma):
-        with _autocast(device, cfg["bf16"]):
+        with runtime.autocast(device, cfg["bf16"]):
             return state.teacher(zz, sigma).float()
 
     def student_fn(zz, sigma):
-        with _autocast(device, cfg["bf16"]):
+        with runtime.autocast(device, cfg["bf16"]):
             return state.student(zz, sigma).float()
 
     target, revealed_at = teacher_target(teacher_fn, z, t, rnd.dt, cfg["teacher_steps"], sched, mask_id, generators,

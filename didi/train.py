@@ -17,7 +17,6 @@ Only rank 0 logs and writes.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import logging
 import math
@@ -33,16 +32,9 @@ log = logging.getLogger("didi.train")
 
 
 # ---------------------------------------------------------------------------------------------- pieces
-def autocast(device: torch.device, bf16: bool):
-    """bf16 autocast on CUDA only (CPU runs stay float32: they are the tested, reproducible path)."""
-    if bf16 and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
 def model_fn_of(model: torch.nn.Module, device: torch.device, bf16: bool):
     def model_fn(z: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-        with autocast(device, bf16):
+        with runtime.autocast(device, bf16):
             return model(z, sigma).float()
     return model_fn
 

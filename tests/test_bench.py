@@ -103,9 +103,9 @@ def test_bench_cli_takes_synthetic_tokens_or_a_dataset_not_both(tmp_path):
     assert teacher["tokens"] == "synthetic" and teacher["training"]["global_batch"] == 3
 
 
-CUDA_ONLY = {"nccl", "teacher_train_compile"}
-PARTS = ["teacher_train", "sampler_nfe16_float64", "sampler_nfe16_float32", "distill", "rgas_nfe16", "nccl",
-         "torchrun_teacher", "torchrun_distill", f"sampler_nfe{L}_float64", f"sampler_nfe{L}_float32",
+CUDA_ONLY = {"nccl", "teacher_train_compile", "distill_float32"}
+PARTS = ["teacher_train", "sampler_nfe16_float64", "sampler_nfe16_float32", "distill", "distill_float32", "rgas_nfe16",
+         "nccl", "torchrun_teacher", "torchrun_distill", f"sampler_nfe{L}_float64", f"sampler_nfe{L}_float32",
          "teacher_train_compile"]
 
 
@@ -164,6 +164,28 @@ def test_a_failing_part_is_recorded_and_the_check_goes_on(tmp_path, monkeypatch)
     assert parts["distill"]["error"] == "RuntimeError: out of memory (pretend)"
     assert parts["rgas_nfe16"]["rgas_overhead"] > 0  # the parts after the failure still ran
     assert parts[f"sampler_nfe{L}_float32"]["nfe"] == L
+
+
+def test_parts_runs_only_the_parts_named_and_rejects_unknown_ones(tmp_path, monkeypatch):
+    monkeypatch.setattr(gpucheck, "torchrun", lambda command, out_dir: {"summary": f"stub {command[0]}"})
+    monkeypatch.setattr(gpucheck, "tiny_dataset", lambda root, seed, seq_len: 300)
+    out = tmp_path / "check.json"
+    gpucheck.gpu_check(tiny_cfg(), out, ["tiny"], 1, 1, 1, 4, 2, None, only=["torchrun_distill", "distill"])
+    parts = json.loads(out.read_text())["parts"]
+    assert list(parts) == ["distill", "torchrun_distill"]  # the table's order, not the argument's
+    assert parts["distill"]["bf16"] is False  # no CUDA: nothing autocasts, and it says so
+    assert "torchrun_teacher failed" in parts["torchrun_distill"]["error"]  # said, not a crash
+    with pytest.raises(ValueError, match="unknown part.*sampler_nfe7"):
+        gpucheck.gpu_check(tiny_cfg(), out, ["tiny"], 1, 1, 1, 4, 2, None, only=["distill", "sampler_nfe7"])
+
+
+def test_the_torchrun_smoke_runs_the_checked_configs_precision_paths():
+    checked = config.load([config.DEFAULT_CONFIG, config.REPO_ROOT / "presets" / "paper.yaml"])
+    checked["teacher"]["bf16"] = False
+    tiny = gpucheck.tiny_config(checked, 300)
+    assert tiny["distill"]["bf16"] is True and tiny["teacher"]["bf16"] is False  # the paper preset's, then this edit
+    assert tiny["data"]["seq_len"] == 32 and tiny["seed"] == checked["seed"]
+    assert "bf16" not in gpucheck.tiny_config(config.load(), 300)["distill"]  # absent stays absent (false)
 
 
 def test_bench_commits_runs_each_commit_on_its_own_code(tmp_path):

@@ -41,6 +41,19 @@ def test_built_from_teacher_time_conditioned_and_partly_frozen():
     assert not torch.allclose(out_low, out_high)
 
 
+def test_the_head_stays_float32_under_a_callers_bf16_autocast():
+    """distill.bf16 runs the trunk's linears in bf16; the reward is a difference of the head's logits, so the head
+    (the CPU's autocast stands in for CUDA's) computes in float32 on the trunk's features."""
+    disc = Discriminator.from_teacher(trained_like_teacher(), 1).eval()
+    z, sigma = torch.randint(0, 6, (2, 4)), torch.rand(2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = disc(z, sigma)
+        h, _ = disc.trunk.features(ids=z, sigma=sigma)
+    assert logits.dtype == torch.float32
+    assert torch.equal(logits, disc.head(h.float()).squeeze(-1))  # the head run outside autocast, on those features
+    assert not torch.equal(logits, disc(z, sigma))  # and the trunk did run in bf16
+
+
 def test_soft_input_with_one_hot_equals_ids():
     disc = Discriminator.from_teacher(trained_like_teacher(), 2).eval()
     z = torch.randint(0, 6, (3, 4))

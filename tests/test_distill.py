@@ -340,6 +340,24 @@ def test_same_seed_gives_the_same_run_whatever_the_global_rng():
             assert torch.equal(p, q), name
 
 
+def test_bf16_switch_is_a_no_op_on_the_cpu():
+    """distill.bf16 autocasts on CUDA only: on the CPU (the tested, reproducible path) a run is bit-identical with the
+    switch on or absent (CPU bf16 autocast exists, so wrapping it there would change the numbers)."""
+    tokens = np.random.default_rng(0).integers(0, 11, size=(32, 8))
+    cfg = tiny_cfg()
+    method = config.variant_method(cfg, "full")
+
+    def go(**switch):
+        return run_distillation(tiny_teacher(), tokens, {**cfg["distill"], "iterations": 2, **switch}, method, SCHED,
+                                11, seed=3, progress=False)
+
+    a, b = go(), go(bf16=True)
+    for x, y in [(a.student, b.student), (a.discriminator, b.discriminator)]:
+        for (name, p), q in zip(x.state_dict().items(), y.state_dict().values()):
+            assert torch.equal(p, q), name
+    assert a.history["reward"] == b.history["reward"]
+
+
 def test_distill_command_writes_loadable_outputs(tmp_path):
     from didi.cli import main
     from didi.discriminator import load_discriminator

@@ -400,3 +400,11 @@ def test_import_teacher_writes_the_released_weights_as_is(workspace, tmp_path):
     with pytest.raises(ValueError, match="hidden: .* has 32, the config .* gives 64"):
         train.import_teacher(other, workspace / "tokenizer", tmp_path / "other")
     assert not (tmp_path / "other" / "metrics.json").exists()
+
+
+def test_autocast_is_bf16_on_cuda_and_nothing_elsewhere():
+    """The one autocast switch of every training step (teacher.bf16, distill.bf16, sdtt.bf16)."""
+    on_cuda = runtime.autocast(torch.device("cuda"), True)
+    assert isinstance(on_cuda, torch.autocast) and on_cuda.fast_dtype == torch.bfloat16
+    for device, bf16 in (("cpu", True), ("cuda", False), ("cpu", False)):
+        assert not isinstance(runtime.autocast(device, bf16), torch.autocast)
