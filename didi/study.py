@@ -289,7 +289,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="YAML: {ks: [...], samples: N, base: {overrides}, rows: {name: {seeds, overrides}}}")
     p.add_argument("--out", required=True)
     p.add_argument("--only", nargs="*", default=None, help="run only these rows (others are kept from results.csv)")
+    p.add_argument("--seeds", nargs="*", type=int, default=None,
+                   help="run only these seeds of the rows run (a seed added to a row's list, without its others)")
     p.add_argument("--jobs", type=int, default=1, help="rows run in parallel, one thread each")
+
+
+def selected(jobs: list[tuple], only: list[str] | None, seeds: list[int] | None) -> list[tuple]:
+    """The (name, overrides, seed) jobs of the rows in `only` (all when None) and the seeds in `seeds` (all when
+    None); a name or seed that no job has is an error, not a silent no-op (`--only none` runs nothing on purpose)."""
+    unknown = sorted(set(only or ()) - {name for name, _, _ in jobs} - {"none"})
+    if unknown:
+        raise ValueError(f"--only: no row named {', '.join(unknown)}")
+    jobs = [j for j in jobs if not only or j[0] in only]
+    missing = sorted(set(seeds or ()) - {seed for _, _, seed in jobs})
+    if missing:
+        raise ValueError(f"--seeds: {', '.join(map(str, missing))} not among the seeds of the rows run")
+    return [j for j in jobs if seeds is None or j[2] in seeds]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -303,8 +318,7 @@ def run(args: argparse.Namespace) -> int:
     jobs = [(name, {}, cfg["seed"]) for name in references] + [
         (name, config.deep_merge(base, row.get("overrides") or {}), seed)
         for name, row in spec["rows"].items() for seed in row["seeds"]]
-    if args.only:
-        jobs = [j for j in jobs if j[0] in args.only]
+    jobs = selected(jobs, args.only, args.seeds)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     csv, histories_path = out / "results.csv", out / "histories.json"

@@ -63,6 +63,19 @@ def test_gap_table_by_hand():
     assert not any(c.startswith("closed@") for c in table.columns)
 
 
+def test_only_and_seeds_select_jobs_and_name_what_matches_nothing():
+    jobs = [("teacher", {}, 1234), ("row", {"a": 1}, 0), ("row", {"a": 1}, 1), ("row_shuffled", {}, 0),
+            ("row_shuffled", {}, 1)]
+    assert study.selected(jobs, None, None) == jobs
+    assert study.selected(jobs, ["row", "row_shuffled"], [1]) == [jobs[2], jobs[4]]
+    assert study.selected(jobs, None, [0]) == [jobs[1], jobs[3]]
+    assert study.selected(jobs, ["none"], None) == []  # re-tabulate only
+    with pytest.raises(ValueError, match="no row named rwo"):
+        study.selected(jobs, ["rwo"], None)
+    with pytest.raises(ValueError, match="--seeds: 1234 not among"):
+        study.selected(jobs, ["row"], [1234])
+
+
 def test_row_overrides_merge_and_unknown_keys_are_named():
     cfg = config.load()
     distill_cfg, method = study.row_config(cfg, {"student_lr": 1e-5, "method": {"tau_per_group": True}})
