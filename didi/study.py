@@ -318,7 +318,10 @@ def run(args: argparse.Namespace) -> int:
     jobs = [(name, {}, cfg["seed"]) for name in references] + [
         (name, config.deep_merge(base, row.get("overrides") or {}), seed)
         for name, row in spec["rows"].items() for seed in row["seeds"]]
-    jobs = selected(jobs, args.only, args.seeds)
+    try:
+        jobs = selected(jobs, args.only, args.seeds)
+    except ValueError as err:
+        raise SystemExit(f"didi study: {err}") from None
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     csv, histories_path = out / "results.csv", out / "histories.json"
