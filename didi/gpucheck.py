@@ -181,10 +181,12 @@ def gpu_check(cfg: dict, out: Path, config_files: list[str], warmup_steps: int, 
     def sampler(nfe: int, precision: str):
         return lambda: bench.bench_sampler(with_precision(precision), model, mask_id, nfe, sample_batch)
 
+    distill_bf16 = bool(cfg["distill"].get("bf16", False))  # absent: float32
+
     def distill_float32():
         if not cuda:
             return dict(NO_CUDA)
-        if not cfg["distill"].get("bf16", False):
+        if not distill_bf16:
             return {"skipped": "distill.bf16 is off: the distill part is float32"}
         return bench.bench_distill(model, blocks, mask_id, {**cfg, "distill": {**cfg["distill"], "bf16": False}},
                                    distill_iterations)
@@ -233,7 +235,7 @@ def gpu_check(cfg: dict, out: Path, config_files: list[str], warmup_steps: int, 
         "sampler_nfe16_float64": sampler(16, "float64"),
         "sampler_nfe16_float32": sampler(16, "float32"),
         "distill": lambda: {**bench.bench_distill(model, blocks, mask_id, cfg, distill_iterations),
-                            "bf16": bool(cfg["distill"].get("bf16", False)) and cuda},
+                            "bf16": distill_bf16 and cuda},
         "distill_float32": distill_float32,
         "rgas_nfe16": rgas,
         "nccl": nccl,

@@ -4,7 +4,8 @@ distillation (distill.py).
 - `seed` / `generator`: the one seed stream. A draw's seed is a stable function of integers (config seed, stream,
   step, ...), so a resumed or multi-process run draws exactly what an uninterrupted one-process run draws.
   `BlockSampler`: the blocks of global batch `step`, a function of (seed, step).
-- `autocast`: bf16 autocast of the networks' linears on CUDA, a no-op on the CPU (every training step's switch).
+- `autocast`, `model_fn_of`: bf16 autocast of the networks' linears on CUDA, a no-op on the CPU (every training
+  step's switch).
 - `adamw`, `warmup_lr` (linear warm-up, then constant or linear decay), `cosine_lr` (the judge's).
 - `ema_update`: the float32 EMA of a model's parameters (with or without MDLM's decay warm-up).
 - `save_checkpoint` / `resume`: checkpoint directories `root/step_NNNNNNNNN/` and the identity a checkpoint must
@@ -97,6 +98,14 @@ def autocast(device: torch.device | str, bf16: bool):
     if bf16 and torch.device(device).type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def model_fn_of(model: nn.Module, device: torch.device | str, bf16: bool) -> Callable:
+    """(z, sigma) -> the model's float32 logits, its linears under `autocast(device, bf16)`."""
+    def model_fn(z: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        with autocast(device, bf16):
+            return model(z, sigma).float()
+    return model_fn
 
 
 # ---------------------------------------------------------------------------------------------- optimisation

@@ -254,13 +254,8 @@ def sdtt_step(state: SDTTState, x: torch.Tensor, t: torch.Tensor, generators) ->
     z = draw_rows(generators, x.shape[0], lambda g, r: corrupt(x[r], sched.alpha(t[r]), mask_id, g))
     masked = z == mask_id
 
-    def teacher_fn(zz, sigma):
-        with runtime.autocast(device, cfg["bf16"]):
-            return state.teacher(zz, sigma).float()
-
-    def student_fn(zz, sigma):
-        with runtime.autocast(device, cfg["bf16"]):
-            return state.student(zz, sigma).float()
+    teacher_fn = runtime.model_fn_of(state.teacher, device, cfg["bf16"])
+    student_fn = runtime.model_fn_of(state.student, device, cfg["bf16"])
 
     target, revealed_at = teacher_target(teacher_fn, z, t, rnd.dt, cfg["teacher_steps"], sched, mask_id, generators,
                                          cfg["time_grid"], state.t_floor, cfg["teacher_precision"])

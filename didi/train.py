@@ -32,20 +32,13 @@ log = logging.getLogger("didi.train")
 
 
 # ---------------------------------------------------------------------------------------------- pieces
-def model_fn_of(model: torch.nn.Module, device: torch.device, bf16: bool):
-    def model_fn(z: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-        with runtime.autocast(device, bf16):
-            return model(z, sigma).float()
-    return model_fn
-
-
 def validation_nats(model, blocks: np.ndarray, schedule, mask_id: int, cfg: dict, device: torch.device,
                     batch_size: int) -> float:
     """The MDLM bound (nats/token) on fixed validation blocks with fixed noise, so evaluations are comparable."""
     from didi.diffusion import elbo_nats
 
     model.eval()
-    model_fn = model_fn_of(model, device, cfg["teacher"]["bf16"])
+    model_fn = runtime.model_fn_of(model, device, cfg["teacher"]["bf16"])
     gen = runtime.generator(cfg["seed"], runtime.EVAL_NOISE, device=device)
     total = 0.0
     for start in range(0, len(blocks), batch_size):
@@ -107,7 +100,8 @@ def step_function(cfg: dict, model: torch.nn.Module, blocks: np.ndarray, mask_id
     device = next(model.parameters()).device
     ema_model = copy.deepcopy(model).float().requires_grad_(False)
     optimizer = new_optimizer(model, teacher_cfg)
-    model_fn = model_fn_of(torch.compile(model) if teacher_cfg["compile"] else model, device, teacher_cfg["bf16"])
+    model_fn = runtime.model_fn_of(torch.compile(model) if teacher_cfg["compile"] else model, device,
+                                   teacher_cfg["bf16"])
     loss_at = loss_function(cfg, model_fn, blocks, mask_id, slice(None), 0, device)
     teacher_recipe = recipe(cfg)
     return lambda i: runtime.train_step(model, optimizer, loss_at, i, teacher_recipe, ema_model)
@@ -153,8 +147,8 @@ def train_teacher(cfg: dict, tokens_dir: str | Path, tokenizer_dir: str | Path, 
     if info.enabled:
         train_model = torch.nn.parallel.DistributedDataParallel(
             train_model, device_ids=[device.index] if device.type == "cuda" else None)
-    loss_at = loss_function(cfg, model_fn_of(train_model, device, teacher_cfg["bf16"]), train_blocks, mask_id, rows,
-                            info.rank, device)
+    model_fn = runtime.model_fn_of(train_model, device, teacher_cfg["bf16"])
+    loss_at = loss_function(cfg, model_fn, train_blocks, mask_id, rows, info.rank, device)
 
     wandb_run = runtime.start_wandb(cfg, out_dir, "teacher") if info.is_main else None
     unigram = data.unigram_nats(train_blocks, val_blocks, len(tokenizer)) if info.is_main else None
