@@ -6,12 +6,12 @@
 
 A row is a set of overrides of the `distill` section (its `method` switches included) and a list of seeds. For
 each (row, seed) the results directory's teacher is distilled with `distill.run_distillation`, exactly as the
-`distill` rule does, then the EMA and the raw student sample `samples` sequences at each K of `ks` (and K = L) and
-the world's likelihood scores them (`World`): on the exact world the chain itself (true NLL per chain token,
-`synthetic.score_blocks`), on a text corpus the workflow's judge (NLL per judged token, the log of gen-PPL, by the
-evaluation's own `evaluate.gen_ppl`). Beside it: unigram entropy per sample (`evaluate.entropy_stats`, as
-everywhere) and the entropy of each position's token distribution ACROSS samples, which falls when a sampler
-collapses onto a few sequences (per-sample unigram entropy does not see that). The same likelihood is the reward of
+`distill` rule does, then the EMA and the raw student sample `samples` sequences at each K of `ks` (and K = L; only
+for the rows in `at_length` where the spec lists them) and the world's likelihood scores them (`World`): on the exact
+world the chain itself (true NLL per chain token, `synthetic.score_blocks`), on a text corpus the workflow's judge
+(NLL per judged token, the log of gen-PPL, by the evaluation's own `evaluate.gen_ppl`). Beside it: unigram entropy
+per sample (`evaluate.entropy_stats`, as everywhere) and the entropy of each position's token distribution ACROSS
+samples, which falls when a sampler collapses onto a few sequences (per-sample unigram entropy does not see that). The same likelihood is the reward of
 `reward_source: exact` (the oracle row) and what the logged `reward_exact_corr` correlates the reward with.
 The teacher is scored the same way (row "teacher"), and on the exact world the chain's exact denoiser too (row
 "exact_denoiser"): sampled in K steps it carries the factorisation error alone, the best any denoiser reaches at K.
@@ -286,7 +286,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--results", required=True,
                    help="the workflow's results directory (teacher, tokens; on a text corpus the judge)")
     p.add_argument("--rows", required=True,
-                   help="YAML: {ks: [...], samples: N, base: {overrides}, rows: {name: {seeds, overrides}}}")
+                   help="YAML: {ks: [...], samples: N, at_length: [names] (optional), base: {overrides}, "
+                        "rows: {name: {seeds, overrides}}}")
     p.add_argument("--out", required=True)
     p.add_argument("--only", nargs="*", default=None, help="run only these rows (others are kept from results.csv)")
     p.add_argument("--seeds", nargs="*", type=int, default=None,
@@ -305,6 +306,13 @@ def selected(jobs: list[tuple], only: list[str] | None, seeds: list[int] | None)
     if missing:
         raise ValueError(f"--seeds: {', '.join(map(str, missing))} not among the seeds of the rows run")
     return [j for j in jobs if seeds is None or j[2] in seeds]
+
+
+def scored_ks(name: str, ks: list[int], seq_len: int, at_length: list[str] | None) -> list[int]:
+    """The Ks a row is scored at: `ks` (which holds L), K = L only for the rows `at_length` names (all when None). At
+    L = 256 sampling a student in L steps costs more than distilling it, so a spec may keep K = L to the teacher,
+    whose few-step gap the shares measure against."""
+    return ks if at_length is None or name in at_length else [k for k in ks if k != seq_len]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -329,8 +337,9 @@ def run(args: argparse.Namespace) -> int:
     histories = io.read_json(histories_path) if histories_path.exists() else {}
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     with concurrent.futures.ProcessPoolExecutor(max_workers=args.jobs) as pool:
-        futures = [pool.submit(run_one, cfg, Path(args.results), name, overrides, seed, ks, spec["samples"], rgas,
-                               spec.get("rgas_ks"))
+        futures = [pool.submit(run_one, cfg, Path(args.results), name, overrides, seed,
+                               scored_ks(name, ks, seq_len, spec.get("at_length")),
+                               spec["samples"], rgas, spec.get("rgas_ks"))
                    for name, overrides, seed in jobs]
         for future in concurrent.futures.as_completed(futures):
             result = future.result()

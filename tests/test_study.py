@@ -76,6 +76,13 @@ def test_only_and_seeds_select_jobs_and_name_what_matches_nothing():
         study.selected(jobs, ["row"], [1234])
 
 
+def test_scored_ks_keep_k_equal_l_to_the_rows_at_length_names():
+    assert study.scored_ks("recipe", [8, 16, 256], 256, None) == [8, 16, 256]  # no at_length: every row at L
+    assert study.scored_ks("teacher", [8, 16, 256], 256, ["teacher"]) == [8, 16, 256]
+    assert study.scored_ks("recipe", [8, 16, 256], 256, ["teacher"]) == [8, 16]
+    assert study.scored_ks("recipe", [8, 16, 256], 256, []) == [8, 16]
+
+
 def test_row_overrides_merge_and_unknown_keys_are_named():
     cfg = config.load()
     distill_cfg, method = study.row_config(cfg, {"student_lr": 1e-5, "method": {"tau_per_group": True}})
@@ -112,7 +119,8 @@ def test_study_on_a_text_corpus_scores_with_the_workflow_judge(smoke_run, tmp_pa
     assert world.reward(torch.as_tensor(ids.astype(np.int64))).numpy() == pytest.approx(per_token, rel=1e-5)
 
     rows = tmp_path / "rows.yaml"
-    rows.write_text("ks: [4]\nsamples: 8\nbase: {iterations: 4}\nrgas_ks: [4]\nrgas: {mild: {h_start: 1.0, h_end: 1.0}}\n"
+    rows.write_text("ks: [4]\nsamples: 8\nat_length: [teacher]\nbase: {iterations: 4}\nrgas_ks: [4]\n"
+                    "rgas: {mild: {h_start: 1.0, h_end: 1.0}}\n"
                     "rows:\n  oracle_judge_reward: {overrides: {method: {reward_source: exact}}, seeds: [0]}\n")
     out = tmp_path / "study"
     subprocess.run([venv_bin("didi"), "study", "--configfile", SMOKE[1], "--configfile", SMOKE[2],
@@ -124,6 +132,9 @@ def test_study_on_a_text_corpus_scores_with_the_workflow_judge(smoke_run, tmp_pa
                                                  ("oracle_judge_reward", "raw")} | {("oracle_judge_reward", m)
                                                                                     for m in guided}
     assert sorted(lines.K.unique()) == [4, 32] and (lines.invalid == 0).all()
+    # K = L (32) for the rows in `at_length` only: the teacher, not the trained row
+    assert sorted(lines[lines.name == "teacher"].K.unique()) == [4, 32]
+    assert sorted(lines[lines.name == "oracle_judge_reward"].K.unique()) == [4]
     assert sorted(lines[lines.model.isin(guided)].K.unique()) == [4]  # at rgas_ks only
     history = json.loads((out / "histories.json").read_text())["oracle_judge_reward/0"]
     assert len(history["reward_exact_corr"]) == 4 and np.allclose(history["reward_exact_corr"], 1.0, atol=1e-4)
