@@ -253,3 +253,21 @@ def test_ranking_vs_gain_script_reads_gains_by_hand_and_counts_a_run_once(tmp_pa
     assert table.loc[("full", 1), "raw+rgas:h3"] == pytest.approx(0.3)
     assert table.loc[("other", 2), "raw"] == pytest.approx(-0.1)
     assert np.isnan(table.loc[("other", 2), "teacher+rgas:h3"])  # not scored in that run
+
+
+def test_every_committed_study_spec_is_valid_on_this_code():
+    """The study's records in docs/study name the command that reruns them: each rows file's rows (and the config
+    beside it, where a study has one) must still be accepted, and `at_length` must name rows that exist."""
+    import yaml
+
+    from conftest import REPO
+
+    specs = sorted((REPO / "docs" / "study").rglob("rows.yaml"))
+    assert len(specs) >= 20
+    for rows in specs:
+        spec = yaml.safe_load(rows.read_text())
+        own = rows.parent / "config.yaml"
+        cfg = config.load([REPO / "config.yaml"] + ([own] if own.exists() else []))
+        for name, row in spec["rows"].items():
+            study.row_config(cfg, config.deep_merge(spec.get("base", {}), row.get("overrides") or {}))
+        assert set(spec.get("at_length") or ()) <= set(spec["rows"]) | set(study.reference_rows(cfg)), rows
