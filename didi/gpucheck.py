@@ -111,11 +111,13 @@ def tiny_dataset(root: Path, seed: int, seq_len: int) -> int:
 
 
 def tiny_config(checked: dict, vocab: int) -> dict:
-    """config.yaml shrunk to seconds per command (what the torchrun smoke trains), with the checked config's seed and
-    precision switches (teacher.bf16, distill.bf16), so the children run the same CUDA paths."""
+    """config.yaml shrunk to seconds per command (what the torchrun smoke trains), with the checked config's seed,
+    precision switches (teacher.bf16, distill.bf16) and teacher.compile, so the children run the same CUDA paths
+    (torch.compile under DDP included)."""
     cfg = config.load()
     cfg["seed"] = checked["seed"]
     cfg["teacher"]["bf16"] = checked["teacher"]["bf16"]
+    cfg["teacher"]["compile"] = checked["teacher"]["compile"]
     if "bf16" in checked["distill"]:
         cfg["distill"]["bf16"] = checked["distill"]["bf16"]
     cfg["tokenizer"]["vocab_size"] = vocab

@@ -182,8 +182,10 @@ def test_parts_runs_only_the_parts_named_and_rejects_unknown_ones(tmp_path, monk
 def test_the_torchrun_smoke_runs_the_checked_configs_precision_paths():
     checked = config.load([config.DEFAULT_CONFIG, config.REPO_ROOT / "presets" / "paper.yaml"])
     checked["teacher"]["bf16"] = False
+    checked["teacher"]["compile"] = True
     tiny = gpucheck.tiny_config(checked, 300)
     assert tiny["distill"]["bf16"] is True and tiny["teacher"]["bf16"] is False  # the paper preset's, then this edit
+    assert tiny["teacher"]["compile"] is True  # torch.compile under DDP: the smoke runs it when the config does
     assert tiny["data"]["seq_len"] == 32 and tiny["seed"] == checked["seed"]
     assert "bf16" not in gpucheck.tiny_config(config.load(), 300)["distill"]  # absent stays absent (false)
 
