@@ -11,8 +11,9 @@ for the rows in `at_length` where the spec lists them) and the world's likelihoo
 world the chain itself (true NLL per chain token, `synthetic.score_blocks`), on a text corpus the workflow's judge
 (NLL per judged token, the log of gen-PPL, by the evaluation's own `evaluate.gen_ppl`). Beside it: unigram entropy
 per sample (`evaluate.entropy_stats`, as everywhere) and the entropy of each position's token distribution ACROSS
-samples, which falls when a sampler collapses onto a few sequences (per-sample unigram entropy does not see that). The same likelihood is the reward of
-`reward_source: exact` (the oracle row) and what the logged `reward_exact_corr` correlates the reward with.
+samples, which falls when a sampler collapses onto a few sequences (per-sample unigram entropy does not see that).
+The same likelihood is the reward of `reward_source: exact` (the oracle row) and what the logged `reward_exact_corr`
+correlates the reward with.
 The teacher is scored the same way (row "teacher"), and on the exact world the chain's exact denoiser too (row
 "exact_denoiser"): sampled in K steps it carries the factorisation error alone, the best any denoiser reaches at K.
 Outputs: results.csv (one line per row, seed, model, K), histories.json (the per-iteration curves), table.md (means
