@@ -309,6 +309,12 @@ def selected(jobs: list[tuple], only: list[str] | None, seeds: list[int] | None)
     return [j for j in jobs if seeds is None or j[2] in seeds]
 
 
+def row_overrides(spec: dict) -> dict[str, dict]:
+    """{row: its overrides of the distill section}: the spec's `base`, then the row's own on top."""
+    base = spec.get("base", {})
+    return {name: config.deep_merge(base, row.get("overrides") or {}) for name, row in spec["rows"].items()}
+
+
 def scored_ks(name: str, ks: list[int], seq_len: int, at_length: list[str] | None) -> list[int]:
     """The Ks a row is scored at: `ks` (which holds L), K = L only for the rows `at_length` names (all when None). At
     L = 256 sampling a student in L steps costs more than distilling it, so a spec may keep K = L to the teacher,
@@ -321,12 +327,11 @@ def run(args: argparse.Namespace) -> int:
     spec = yaml.safe_load(Path(args.rows).read_text())
     seq_len = cfg["data"]["seq_len"]
     ks = sorted(set(spec["ks"]) | {seq_len})
-    base = spec.get("base", {})  # overrides every row starts from (a row's own go on top)
     rgas = rgas_settings(cfg, spec)  # RGAS settings every trained row is also scored with
     references = reference_rows(cfg)
+    overrides_of = row_overrides(spec)
     jobs = [(name, {}, cfg["seed"]) for name in references] + [
-        (name, config.deep_merge(base, row.get("overrides") or {}), seed)
-        for name, row in spec["rows"].items() for seed in row["seeds"]]
+        (name, overrides_of[name], seed) for name, row in spec["rows"].items() for seed in row["seeds"]]
     try:
         jobs = selected(jobs, args.only, args.seeds)
     except ValueError as err:

@@ -268,6 +268,6 @@ def test_every_committed_study_spec_is_valid_on_this_code():
         spec = yaml.safe_load(rows.read_text())
         own = rows.parent / "config.yaml"
         cfg = config.load([REPO / "config.yaml"] + ([own] if own.exists() else []))
-        for name, row in spec["rows"].items():
-            study.row_config(cfg, config.deep_merge(spec.get("base", {}), row.get("overrides") or {}))
+        for overrides in study.row_overrides(spec).values():
+            study.row_config(cfg, overrides)
         assert set(spec.get("at_length") or ()) <= set(spec["rows"]) | set(study.reference_rows(cfg)), rows
