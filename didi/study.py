@@ -4,16 +4,16 @@
         --rows docs/study/rows.yaml --out docs/study --jobs 2
     didi study --configfile config.yaml --results results --rows docs/study/sotu/rows.yaml --out docs/study/sotu
 
-A row is a set of overrides of the `distill` section (its `method` switches included) and a list of seeds. For
-each (row, seed) the results directory's teacher is distilled with `distill.run_distillation`, exactly as the
-`distill` rule does, then the EMA and the raw student sample `samples` sequences at each K of `ks` (and K = L; only
-for the rows in `at_length` where the spec lists them) and the world's likelihood scores them (`World`): on the exact
-world the chain itself (true NLL per chain token, `synthetic.score_blocks`), on a text corpus the workflow's judge
-(NLL per judged token, the log of gen-PPL, by the evaluation's own `evaluate.gen_ppl`). Beside it: unigram entropy
-per sample (`evaluate.entropy_stats`, as everywhere) and the entropy of each position's token distribution ACROSS
-samples, which falls when a sampler collapses onto a few sequences (per-sample unigram entropy does not see that).
-The same likelihood is the reward of `reward_source: exact` (the oracle row) and what the logged `reward_exact_corr`
-correlates the reward with.
+A row is a set of overrides of the `distill` section (its `method` switches included) and a list of seeds. For each
+(row, seed) the results directory's teacher is distilled with `distill.run_distillation`, exactly as the `distill` rule
+does, then the EMA and the raw student sample `samples` sequences at each K of `ks` (and K = L; only for the rows, or
+`row/model`s, in `at_length` where the spec lists them) and the world's likelihood scores them (`World`): on the exact
+world the chain itself (true NLL per chain token, `synthetic.score_blocks`), on a text corpus the workflow's judge (NLL
+per judged token, the log of gen-PPL, by the evaluation's own `evaluate.gen_ppl`). Beside it: unigram entropy per sample
+(`evaluate.entropy_stats`, as everywhere) and the entropy of each position's token distribution ACROSS samples, which
+falls when a sampler collapses onto a few sequences (per-sample unigram entropy does not see that). The same likelihood
+is the reward of `reward_source: exact` (the oracle row) and what the logged `reward_exact_corr` correlates the reward
+with.
 The teacher is scored the same way (row "teacher"), and on the exact world the chain's exact denoiser too (row
 "exact_denoiser"): sampled in K steps it carries the factorisation error alone, the best any denoiser reaches at K.
 Outputs: results.csv (one line per row, seed, model, K), histories.json (the per-iteration curves), table.md (means
@@ -196,24 +196,29 @@ def row_positives(results: Path, method: dict) -> np.ndarray:
 
 
 def run_one(cfg: dict, results: Path, name: str, overrides: dict, seed: int, ks: list[int], n: int,
-            rgas: dict | None = None, rgas_ks: list[int] | None = None) -> dict:
+            rgas: dict | None = None, rgas_ks: list[int] | None = None, at_length: list[str] | None = None) -> dict:
     """Distil one (row, seed) and score its EMA and raw students (and, for each of `rgas`'s settings, the student
     of distill.student_weights and the teacher sampled by RGAS with the row's discriminator: models
     `<weights>+rgas:<label>` and `teacher+rgas:<label>`, the second telling the guidance's share from the
-    student's), at each K of `rgas_ks` (default: `ks`)."""
+    student's), at each K of `rgas_ks` (default: `ks`); K = L only where `scored_ks` keeps it."""
     torch.set_num_threads(1)
     logging.getLogger("didi.evaluate").setLevel(logging.WARNING)  # no judge progress line for every reward
     world = load_world(cfg, results)
+
+    def ks_of(model: str) -> list[int]:
+        return scored_ks(name, model, ks, cfg["data"]["seq_len"], at_length)
+
     if name in world.references:  # nothing to train: the teacher, or the data's own denoiser
         column, model = world.references[name]
-        return {"name": name, "seed": seed, "scores": {column: score_model(model, cfg, ks, n, world)}, "history": {}}
+        scores = {column: score_model(model, cfg, ks_of(column), n, world)}
+        return {"name": name, "seed": seed, "scores": scores, "history": {}}
     distill_cfg, method = row_config(cfg, overrides)
     positives = row_positives(results, method)
     start = time.perf_counter()
     state = run_distillation(world.teacher, positives, distill_cfg, method, LogLinearSchedule(cfg["diffusion"]["eps"]),
                              world.mask_id, seed, progress=False, reward_hook=LikelihoodReward(world.reward, method))
     seconds = time.perf_counter() - start
-    scores = {m: score_model(model, cfg, ks, n, world) for m, model in (("ema", state.student_ema),
+    scores = {m: score_model(model, cfg, ks_of(m), n, world) for m, model in (("ema", state.student_ema),
                                                                         ("raw", state.student))}
     weights = distill_cfg["student_weights"]
     guided = state.student_ema if weights == "ema" else state.student
@@ -287,7 +292,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--results", required=True,
                    help="the workflow's results directory (teacher, tokens; on a text corpus the judge)")
     p.add_argument("--rows", required=True,
-                   help="YAML: {ks: [...], samples: N, at_length: [names] (optional), base: {overrides}, "
+                   help="YAML: {ks: [...], samples: N, at_length: [row or row/model, ...] (optional), "
+                        "base: {overrides}, "
                         "rows: {name: {seeds, overrides}}}")
     p.add_argument("--out", required=True)
     p.add_argument("--only", nargs="*", default=None, help="run only these rows (others are kept from results.csv)")
@@ -315,11 +321,21 @@ def row_overrides(spec: dict) -> dict[str, dict]:
     return {name: config.deep_merge(base, row.get("overrides") or {}) for name, row in spec["rows"].items()}
 
 
-def scored_ks(name: str, ks: list[int], seq_len: int, at_length: list[str] | None) -> list[int]:
-    """The Ks a row is scored at: `ks` (which holds L), K = L only for the rows `at_length` names (all when None). At
-    L = 256 sampling a student in L steps costs more than distilling it, so a spec may keep K = L to the teacher,
-    whose few-step gap the shares measure against."""
-    return ks if at_length is None or name in at_length else [k for k in ks if k != seq_len]
+def scored_ks(name: str, model: str, ks: list[int], seq_len: int, at_length: list[str] | None) -> list[int]:
+    """The Ks a row's model is scored at: `ks` (which holds L), K = L only where `at_length` names the row (all its
+    models) or `row/model` (that model alone), every model when there is no `at_length`. At L = 256 sampling a student
+    in L steps costs more than distilling it, so a spec may keep K = L to the teacher, whose few-step gap the shares
+    measure against, and to the student each row samples."""
+    keep = at_length is None or name in at_length or f"{name}/{model}" in at_length
+    return ks if keep else [k for k in ks if k != seq_len]
+
+
+def check_at_length(at_length: list[str] | None, rows: list[str]) -> None:
+    """A name in `at_length` (`row` or `row/model`) whose row is not among `rows` would silently drop K = L from
+    every model: an error instead."""
+    unknown = sorted(entry for entry in at_length or () if entry.split("/", 1)[0] not in rows)
+    if unknown:
+        raise ValueError(f"at_length: no row named {', '.join(unknown)}")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -333,6 +349,10 @@ def run(args: argparse.Namespace) -> int:
     jobs = [(name, {}, cfg["seed"]) for name in references] + [
         (name, overrides_of[name], seed) for name, row in spec["rows"].items() for seed in row["seeds"]]
     try:
+        check_at_length(spec.get("at_length"), references + list(spec["rows"]))
+    except ValueError as err:
+        raise SystemExit(f"didi study: {args.rows}: {err}") from None
+    try:
         jobs = selected(jobs, args.only, args.seeds)
     except ValueError as err:
         raise SystemExit(f"didi study: {err}") from None
@@ -343,9 +363,8 @@ def run(args: argparse.Namespace) -> int:
     histories = io.read_json(histories_path) if histories_path.exists() else {}
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     with concurrent.futures.ProcessPoolExecutor(max_workers=args.jobs) as pool:
-        futures = [pool.submit(run_one, cfg, Path(args.results), name, overrides, seed,
-                               scored_ks(name, ks, seq_len, spec.get("at_length")),
-                               spec["samples"], rgas, spec.get("rgas_ks"))
+        futures = [pool.submit(run_one, cfg, Path(args.results), name, overrides, seed, ks, spec["samples"], rgas,
+                               spec.get("rgas_ks"), spec.get("at_length"))
                    for name, overrides, seed in jobs]
         for future in concurrent.futures.as_completed(futures):
             result = future.result()

@@ -76,11 +76,22 @@ def test_only_and_seeds_select_jobs_and_name_what_matches_nothing():
         study.selected(jobs, ["row"], [1234])
 
 
-def test_scored_ks_keep_k_equal_l_to_the_rows_at_length_names():
-    assert study.scored_ks("recipe", [8, 16, 256], 256, None) == [8, 16, 256]  # no at_length: every row at L
-    assert study.scored_ks("teacher", [8, 16, 256], 256, ["teacher"]) == [8, 16, 256]
-    assert study.scored_ks("recipe", [8, 16, 256], 256, ["teacher"]) == [8, 16]
-    assert study.scored_ks("recipe", [8, 16, 256], 256, []) == [8, 16]
+def test_scored_ks_keep_k_equal_l_to_the_rows_and_models_at_length_names():
+    assert study.scored_ks("recipe", "ema", [8, 16, 256], 256, None) == [8, 16, 256]  # no at_length: all at L
+    assert study.scored_ks("teacher", "teacher", [8, 16, 256], 256, ["teacher"]) == [8, 16, 256]
+    assert study.scored_ks("recipe", "raw", [8, 16, 256], 256, ["teacher"]) == [8, 16]
+    assert study.scored_ks("recipe", "raw", [8, 16, 256], 256, []) == [8, 16]
+    assert study.scored_ks("recipe", "ema", [8, 16, 256], 256, ["recipe"]) == [8, 16, 256]  # a row: all its models
+    assert study.scored_ks("recipe", "raw", [8, 16, 256], 256, ["recipe/raw"]) == [8, 16, 256]  # that model alone
+    assert study.scored_ks("recipe", "ema", [8, 16, 256], 256, ["recipe/raw"]) == [8, 16]
+    assert study.scored_ks("recipe_shuffled", "raw", [8, 16, 256], 256, ["recipe/raw"]) == [8, 16]
+
+
+def test_at_length_names_of_no_row_are_an_error():
+    study.check_at_length(None, ["teacher", "recipe"])
+    study.check_at_length(["teacher", "recipe/raw", "recipe"], ["teacher", "recipe"])
+    with pytest.raises(ValueError, match="no row named recipee, recipee/raw"):
+        study.check_at_length(["recipee/raw", "recipee", "teacher"], ["teacher", "recipe"])
 
 
 def test_row_overrides_merge_and_unknown_keys_are_named():
@@ -119,7 +130,8 @@ def test_study_on_a_text_corpus_scores_with_the_workflow_judge(smoke_run, tmp_pa
     assert world.reward(torch.as_tensor(ids.astype(np.int64))).numpy() == pytest.approx(per_token, rel=1e-5)
 
     rows = tmp_path / "rows.yaml"
-    rows.write_text("ks: [4]\nsamples: 8\nat_length: [teacher]\nbase: {iterations: 4}\nrgas_ks: [4]\n"
+    rows.write_text("ks: [4]\nsamples: 8\nat_length: [teacher, oracle_judge_reward/raw]\nbase: {iterations: 4}\n"
+                    "rgas_ks: [4]\n"
                     "rgas: {mild: {h_start: 1.0, h_end: 1.0}}\n"
                     "rows:\n  oracle_judge_reward: {overrides: {method: {reward_source: exact}}, seeds: [0]}\n")
     out = tmp_path / "study"
@@ -132,9 +144,10 @@ def test_study_on_a_text_corpus_scores_with_the_workflow_judge(smoke_run, tmp_pa
                                                  ("oracle_judge_reward", "raw")} | {("oracle_judge_reward", m)
                                                                                     for m in guided}
     assert sorted(lines.K.unique()) == [4, 32] and (lines.invalid == 0).all()
-    # K = L (32) for the rows in `at_length` only: the teacher, not the trained row
+    # K = L (32) for what `at_length` names only: the teacher and the trained row's raw student, not its EMA
     assert sorted(lines[lines.name == "teacher"].K.unique()) == [4, 32]
-    assert sorted(lines[lines.name == "oracle_judge_reward"].K.unique()) == [4]
+    assert sorted(lines[(lines.name == "oracle_judge_reward") & (lines.model == "raw")].K.unique()) == [4, 32]
+    assert sorted(lines[(lines.name == "oracle_judge_reward") & (lines.model == "ema")].K.unique()) == [4]
     assert sorted(lines[lines.model.isin(guided)].K.unique()) == [4]  # at rgas_ks only
     history = json.loads((out / "histories.json").read_text())["oracle_judge_reward/0"]
     assert len(history["reward_exact_corr"]) == 4 and np.allclose(history["reward_exact_corr"], 1.0, atol=1e-4)
@@ -270,4 +283,7 @@ def test_every_committed_study_spec_is_valid_on_this_code():
         cfg = config.load([REPO / "config.yaml"] + ([own] if own.exists() else []))
         for overrides in study.row_overrides(spec).values():
             study.row_config(cfg, overrides)
-        assert set(spec.get("at_length") or ()) <= set(spec["rows"]) | set(study.reference_rows(cfg)), rows
+        try:
+            study.check_at_length(spec.get("at_length"), list(spec["rows"]) + study.reference_rows(cfg))
+        except ValueError as err:
+            pytest.fail(f"{rows}: {err}")
