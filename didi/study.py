@@ -293,8 +293,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="the workflow's results directory (teacher, tokens; on a text corpus the judge)")
     p.add_argument("--rows", required=True,
                    help="YAML: {ks: [...], samples: N, at_length: [row or row/model, ...] (optional), "
-                        "base: {overrides}, "
-                        "rows: {name: {seeds, overrides}}}")
+                        "base: {overrides}, rows: {name: {seeds, overrides}}}")
     p.add_argument("--out", required=True)
     p.add_argument("--only", nargs="*", default=None, help="run only these rows (others are kept from results.csv)")
     p.add_argument("--seeds", nargs="*", type=int, default=None,
@@ -338,6 +337,14 @@ def check_at_length(at_length: list[str] | None, rows: list[str]) -> None:
         raise ValueError(f"at_length: no row named {', '.join(unknown)}")
 
 
+def check_spec(cfg: dict, spec: dict) -> None:
+    """Every row's overrides known to the distill section and `at_length` naming rows that exist, checked before any
+    job starts (a typo would otherwise surface only when its row's job does, hours into a study)."""
+    for overrides in row_overrides(spec).values():
+        row_config(cfg, overrides)
+    check_at_length(spec.get("at_length"), reference_rows(cfg) + list(spec["rows"]))
+
+
 def run(args: argparse.Namespace) -> int:
     cfg = config.from_args(args)
     spec = yaml.safe_load(Path(args.rows).read_text())
@@ -349,7 +356,7 @@ def run(args: argparse.Namespace) -> int:
     jobs = [(name, {}, cfg["seed"]) for name in references] + [
         (name, overrides_of[name], seed) for name, row in spec["rows"].items() for seed in row["seeds"]]
     try:
-        check_at_length(spec.get("at_length"), references + list(spec["rows"]))
+        check_spec(cfg, spec)
     except ValueError as err:
         raise SystemExit(f"didi study: {args.rows}: {err}") from None
     try:

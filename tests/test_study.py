@@ -94,6 +94,17 @@ def test_at_length_names_of_no_row_are_an_error():
         study.check_at_length(["recipee/raw", "recipee", "teacher"], ["teacher", "recipe"])
 
 
+def test_check_spec_rejects_an_unknown_override_or_at_length_name_before_any_job():
+    cfg = config.load()
+    spec = {"ks": [8], "samples": 8, "base": {"iterations": 4}, "at_length": ["teacher", "row/raw"],
+            "rows": {"row": {"seeds": [0], "overrides": {"student_lr": 1e-5}}}}
+    study.check_spec(cfg, spec)
+    with pytest.raises(config.ConfigError, match="studnet_lr"):
+        study.check_spec(cfg, {**spec, "rows": {"row": {"seeds": [0], "overrides": {"studnet_lr": 1e-5}}}})
+    with pytest.raises(ValueError, match="no row named rwo/raw"):
+        study.check_spec(cfg, {**spec, "at_length": ["rwo/raw"]})
+
+
 def test_row_overrides_merge_and_unknown_keys_are_named():
     cfg = config.load()
     distill_cfg, method = study.row_config(cfg, {"student_lr": 1e-5, "method": {"tau_per_group": True}})
@@ -281,9 +292,7 @@ def test_every_committed_study_spec_is_valid_on_this_code():
         spec = yaml.safe_load(rows.read_text())
         own = rows.parent / "config.yaml"
         cfg = config.load([REPO / "config.yaml"] + ([own] if own.exists() else []))
-        for overrides in study.row_overrides(spec).values():
-            study.row_config(cfg, overrides)
         try:
-            study.check_at_length(spec.get("at_length"), list(spec["rows"]) + study.reference_rows(cfg))
+            study.check_spec(cfg, spec)
         except ValueError as err:
             pytest.fail(f"{rows}: {err}")
